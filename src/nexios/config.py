@@ -1,0 +1,40 @@
+"""WebSocket settings, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["WebSocketConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """How the server treats WebSocket connections. Every field has a safe default.
+
+    ping_interval:
+        Seconds between the server's keepalive pings (RFC 6455 section 5.5.2); ``None``
+        turns them off.
+    ping_timeout:
+        Seconds to wait for the pong; a peer that does not answer is closed (1011).
+    max_message_size:
+        The largest message accepted, in bytes; a bigger one closes the connection with
+        1009 (message too big).
+    compression:
+        Negotiate permessage-deflate (RFC 7692) with every client that offers it. Off by
+        default: it nearly triples the memory each idle connection holds. A handler can
+        still ask for it on one connection with ``ws.enable_compression()`` before
+        ``accept()``.
+    """
+
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    max_message_size: int = 1 << 20
+    compression: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_message_size <= 0:
+            raise ValueError("max_message_size must be a positive number of bytes.")
+        for name in ("ping_interval", "ping_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, or None to turn it off.")

@@ -1,0 +1,659 @@
+"""The WebSocket connection: one object per connection, handed to handlers and middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Literal
+
+import orjson
+
+from nexios.datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
+from nexios.exceptions import (
+    WebSocketDisconnect,
+    WebSocketException,
+    WebSocketInvalidJSON,
+    WebSocketStateError,
+    WebSocketUnsupported,
+    WebSocketUnsupportedData,
+)
+from nexios.types import Message, Receive, Scope, Send
+
+__all__ = [
+    "WebSocket",
+    "WebSocketDisconnect",
+    "WebSocketException",
+    "WebSocketState",
+]
+
+CONTROL_EXTENSION = "nexios.websocket.control"
+DEFLATE_EXTENSION = "nexios.websocket.permessage_deflate"
+HTTP_RESPONSE_EXTENSION = "websocket.http.response"
+
+# Pings and pongs nobody has asked for yet are kept, but only the latest few.
+_CONTROL_BACKLOG = 16
+
+# What a close before accept becomes when the server can send an HTTP response.
+_REFUSAL_STATUS = {1008: 403, 1011: 500, 1012: 503, 1013: 503, 1003: 400, 1009: 413}
+
+
+class WebSocketState(enum.Enum):
+    CONNECTING = 0
+    CONNECTED = 1
+    DISCONNECTED = 2
+    RESPONSE = 3
+
+
+_CONNECTING = WebSocketState.CONNECTING
+_CONNECTED = WebSocketState.CONNECTED
+_DISCONNECTED = WebSocketState.DISCONNECTED
+_RESPONSE = WebSocketState.RESPONSE
+
+
+class ConnectionStorage(State):
+    """``ws.state``: per-connection storage (``ws.state.user``, ``ws.state["user"]``).
+
+    Seed 003 also writes ``ws.state == WebSocketState.CONNECTED``; that comparison is
+    answered with the connection's state (``ws.connection_state``), see docs/choices.md.
+    """
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, data: dict[str, Any], ws: WebSocket) -> None:
+        super().__init__(data)
+        object.__setattr__(self, "_ws", ws)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, WebSocketState):
+            ws: WebSocket = object.__getattribute__(self, "_ws")
+            return ws.connection_state is other
+        return object.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    __hash__ = object.__hash__
+
+
+class WebSocket:
+    """One WebSocket connection.
+
+    The handshake is answered with :meth:`accept` (or refused with :meth:`close` before
+    accepting); then ``send_*`` and ``receive_*`` exchange messages until either side
+    closes. A receive after the peer closed raises :class:`WebSocketDisconnect`.
+    """
+
+    __slots__ = (
+        "_control_backlog",
+        "_control_forwarded",
+        "_control_waiters",
+        "_data_backlog",
+        "_data_waiter",
+        "_headers",
+        "_id",
+        "_query_params",
+        "_reading",
+        "_receive",
+        "_send",
+        "_state",
+        "_want_compression",
+        "application_state",
+        "client_state",
+        "close_code",
+        "close_reason",
+        "scope",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            raise ValueError(f"WebSocket needs a 'websocket' scope, got {scope['type']!r}.")
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.client_state = _CONNECTING
+        self.application_state = _CONNECTING
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._id: str | None = None
+        self._state: ConnectionStorage | None = None
+        self._headers: Headers | None = None
+        self._query_params: QueryParams | None = None
+        self._want_compression = False
+        self._control_forwarded = False
+        # Receiving: see _next_data and _next_control.
+        self._reading = False
+        self._data_backlog: deque[Message] = deque()
+        self._data_waiter: asyncio.Future[Message | None] | None = None
+        self._control_backlog: dict[str, deque[bytes]] = {}
+        self._control_waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+
+    # ------------------------------------------------------------------ the scope
+
+    @property
+    def id(self) -> str:
+        """A unique id (a uuid4 string unless set, e.g. to a user id by middleware)."""
+        if self._id is None:
+            self._id = str(uuid.uuid4())
+        return self._id
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self._id = str(value)
+
+    @property
+    def url(self) -> URL:
+        return URL(scope=self.scope)
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers(scope=self.scope)
+        return self._headers
+
+    @property
+    def query_params(self) -> QueryParams:
+        if self._query_params is None:
+            self._query_params = QueryParams(self.scope.get("query_string", b""))
+        return self._query_params
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = self.scope.setdefault("path_params", {})
+        return params
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        return parse_cookies(self.headers.get("cookie", ""))
+
+    @property
+    def client(self) -> Address | None:
+        client = self.scope.get("client")
+        return Address(client[0], client[1]) if client else None
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offered, in its order of preference."""
+        return list(self.scope.get("subprotocols", ()))
+
+    @property
+    def app(self) -> Any:
+        return self.scope.get("app")
+
+    @property
+    def state(self) -> ConnectionStorage:
+        """Per-connection storage, shared with middleware (it lives in ``scope["state"]``)."""
+        if self._state is None:
+            self._state = ConnectionStorage(self.scope.setdefault("state", {}), self)
+        return self._state
+
+    @property
+    def connection_state(self) -> WebSocketState:
+        """CONNECTED once accepted and until either side closes; then DISCONNECTED."""
+        if _DISCONNECTED in (self.client_state, self.application_state):
+            return _DISCONNECTED
+        if self.application_state is _RESPONSE:
+            return _DISCONNECTED
+        return self.application_state
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connection_state is _CONNECTED
+
+    # ------------------------------------------------------------------ handshake
+
+    async def accept(
+        self,
+        subprotocol: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Accept the handshake; ``subprotocol`` must be one the client offered."""
+        if self.application_state is not _CONNECTING:
+            raise WebSocketStateError(
+                'WebSocket already accepted or closed: call "accept()" once, '
+                "before any send or receive."
+            )
+        if self.client_state is _CONNECTING:
+            # ASGI: the first event of a websocket scope is websocket.connect.
+            message = await self._receive()
+            if message["type"] == "websocket.disconnect":
+                self._on_disconnect(message)
+                raise WebSocketDisconnect(self.close_code or 1006, self.close_reason)
+            self.client_state = _CONNECTED
+        if subprotocol is not None and subprotocol not in self.scope.get("subprotocols", ()):
+            offered = ", ".join(self.scope.get("subprotocols", ())) or "none"
+            raise WebSocketStateError(
+                f"Cannot accept subprotocol {subprotocol!r}: the client offered {offered}. "
+                "Pick one from ws.subprotocols (or None)."
+            )
+        message = {"type": "websocket.accept", "subprotocol": subprotocol}
+        if headers:
+            items = headers.items() if isinstance(headers, Mapping) else headers
+            message["headers"] = [_header_pair(k, v) for k, v in items]
+        if self._want_compression:
+            message["nexios.permessage_deflate"] = True
+        await self._send(message)
+        self.application_state = _CONNECTED
+
+    def enable_compression(self) -> bool:
+        """Ask for permessage-deflate (RFC 7692) on this connection.
+
+        Compression is negotiated in the handshake, so call this before ``accept()``.
+        Returns True if the connection will be compressed, False if the client did not
+        offer compression. Called after ``accept()``, it returns True if compression is
+        already on and raises ``WebSocketStateError`` otherwise.
+        """
+        extension = (self.scope.get("extensions") or {}).get(DEFLATE_EXTENSION)
+        if self.application_state is not _CONNECTING:
+            if self._want_compression and extension and extension.get("offered"):
+                return True
+            raise WebSocketStateError(
+                "Compression is negotiated during the handshake and cannot be switched on "
+                "after accept(): call ws.enable_compression() before ws.accept(), or turn "
+                "it on for the route or app (WebSocketConfig(compression=True))."
+            )
+        if extension is None:
+            raise WebSocketUnsupported(
+                "This ASGI server cannot choose compression per connection. Run the app "
+                "with app.run() (or `nexios run`), or switch permessage-deflate on in the "
+                "server for every connection (uvicorn --ws-per-message-deflate true)."
+            )
+        self._want_compression = True
+        return bool(extension.get("offered"))
+
+    @property
+    def compression(self) -> bool:
+        """Whether permessage-deflate was (or will be) negotiated for this connection."""
+        extension = (self.scope.get("extensions") or {}).get(DEFLATE_EXTENSION)
+        return bool(self._want_compression and extension and extension.get("offered"))
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close the connection, or refuse the handshake if it was not accepted yet.
+
+        A refusal is an HTTP 403 (500 for 1011, 503 for 1012/1013) where the server
+        supports the ASGI ``websocket.http.response`` extension, else a plain refusal.
+        Closing twice is allowed and does nothing the second time.
+        """
+        state = self.application_state
+        if state is _DISCONNECTED or state is _RESPONSE:
+            return
+        if state is _CONNECTING:
+            extensions = self.scope.get("extensions") or {}
+            if HTTP_RESPONSE_EXTENSION in extensions:
+                await self.send_denial_response(
+                    _REFUSAL_STATUS.get(code, 403), reason or "", code=code
+                )
+                return
+        self.application_state = _DISCONNECTED
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason or ""
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason or ""})
+        except OSError:
+            self.client_state = _DISCONNECTED
+
+    async def send_denial_response(
+        self,
+        status_code: int,
+        body: str | bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        *,
+        code: int = 1008,
+    ) -> None:
+        """Refuse the handshake with an HTTP response (needs ``websocket.http.response``)."""
+        if self.application_state is not _CONNECTING:
+            raise WebSocketStateError(
+                "A denial response can only answer the handshake: the WebSocket was "
+                'already accepted or closed. Use "await ws.close(code, reason)" instead.'
+            )
+        if HTTP_RESPONSE_EXTENSION not in (self.scope.get("extensions") or {}):
+            raise WebSocketUnsupported(
+                "This ASGI server cannot send an HTTP response instead of a WebSocket "
+                'handshake; refuse with "await ws.close(code, reason)" instead.'
+            )
+        content = body.encode() if isinstance(body, str) else body
+        raw_headers = [_header_pair(k, v) for k, v in (headers or {}).items()]
+        names = {name for name, _ in raw_headers}
+        if b"content-type" not in names:
+            raw_headers.append((b"content-type", b"text/plain; charset=utf-8"))
+        raw_headers.append((b"content-length", str(len(content)).encode()))
+        self.application_state = _RESPONSE
+        self.close_code, self.close_reason = code, content.decode("utf-8", "replace")
+        await self._send(
+            {"type": "websocket.http.response.start", "status": status_code, "headers": raw_headers}
+        )
+        await self._send({"type": "websocket.http.response.body", "body": content})
+
+    # ------------------------------------------------------------------ sending
+
+    def _not_connected(self) -> WebSocketStateError:
+        if self.application_state is _CONNECTING:
+            return WebSocketStateError(
+                'WebSocket is not connected: call "await ws.accept()" before sending.'
+            )
+        return WebSocketStateError(
+            f"WebSocket is closed (code {self.close_code}): stop sending once close() was "
+            "called or WebSocketDisconnect was raised."
+        )
+
+    async def _send_message(self, message: Message) -> None:
+        if self.application_state is not _CONNECTED:
+            raise self._not_connected()
+        try:
+            await self._send(message)
+        except OSError:
+            # uvicorn raises ClientDisconnected (an OSError) when the peer is gone.
+            self._lost()
+            raise WebSocketDisconnect(1006, "connection lost") from None
+
+    async def send(self, message: Message) -> None:
+        """Send a raw ASGI message (``websocket.send`` or ``websocket.close``)."""
+        if message["type"] == "websocket.close":
+            await self.close(message.get("code", 1000), message.get("reason"))
+        elif message["type"] == "websocket.accept":
+            await self.accept(message.get("subprotocol"), message.get("headers"))
+        else:
+            await self._send_message(message)
+
+    async def send_text(self, data: str) -> None:
+        if self.application_state is not _CONNECTED:
+            raise self._not_connected()
+        try:
+            await self._send({"type": "websocket.send", "text": data})
+        except OSError:
+            self._lost()
+            raise WebSocketDisconnect(1006, "connection lost") from None
+
+    async def send_bytes(self, data: bytes) -> None:
+        if self.application_state is not _CONNECTED:
+            raise self._not_connected()
+        try:
+            await self._send({"type": "websocket.send", "bytes": data})
+        except OSError:
+            self._lost()
+            raise WebSocketDisconnect(1006, "connection lost") from None
+
+    async def send_json(self, data: Any, mode: Literal["text", "binary"] = "text") -> None:
+        """Send ``data`` as JSON (orjson: dataclasses, datetimes and UUIDs work)."""
+        encoded = orjson.dumps(data)
+        if mode == "text":
+            await self.send_text(encoded.decode())
+        elif mode == "binary":
+            await self.send_bytes(encoded)
+        else:
+            raise ValueError(f'mode must be "text" or "binary", not {mode!r}.')
+
+    async def _require_control(self, what: str) -> None:
+        """Check the server can do it, and ask it (once) to forward the peer's frames."""
+        if CONTROL_EXTENSION not in (self.scope.get("extensions") or {}):
+            raise WebSocketUnsupported(
+                f"This ASGI server gives applications no way to {what}. Run the app with "
+                "app.run() (or `nexios run`), which adds the nexios control-frame "
+                "extension; the server's own keepalive pings (WebSocketConfig.ping_interval) "
+                "work everywhere."
+            )
+        if not self._control_forwarded and self.application_state is _CONNECTED:
+            self._control_forwarded = True
+            await self._send_message({"type": "websocket.control", "forward": True})
+
+    async def send_ping(self, data: bytes | str = b"") -> None:
+        """Send a Ping frame (RFC 6455 section 5.5.2); the peer answers with a Pong,
+        which ``receive_pong()`` returns."""
+        await self._require_control("send a ping")
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        if len(payload) > 125:
+            raise ValueError(
+                f"A ping payload is at most 125 bytes (RFC 6455 section 5.5), got {len(payload)}."
+            )
+        await self._send_message({"type": "websocket.ping", "bytes": payload})
+
+    async def send_pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited Pong frame: a one-way heartbeat (RFC 6455 section 5.5.3)."""
+        await self._require_control("send a pong")
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        if len(payload) > 125:
+            raise ValueError(
+                f"A pong payload is at most 125 bytes (RFC 6455 section 5.5), got {len(payload)}."
+            )
+        await self._send_message({"type": "websocket.pong", "bytes": payload})
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_disconnect(self, message: Message) -> None:
+        self.client_state = _DISCONNECTED
+        if self.application_state is not _RESPONSE:
+            self.application_state = _DISCONNECTED
+        self.close_code = message.get("code", 1005)
+        self.close_reason = message.get("reason") or ""
+
+    def _lost(self) -> None:
+        self.client_state = _DISCONNECTED
+        self.application_state = _DISCONNECTED
+        if self.close_code is None:
+            self.close_code, self.close_reason = 1006, "connection lost"
+
+    def _check_can_receive(self) -> None:
+        if self.client_state is _DISCONNECTED:
+            raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
+        if self.application_state is _CONNECTING:
+            raise WebSocketStateError(
+                'WebSocket is not connected: call "await ws.accept()" before receiving.'
+            )
+        if self.application_state is _RESPONSE:
+            raise WebSocketStateError("The handshake was refused: there is nothing to receive.")
+
+    def _dispatch_control(self, message: Message) -> None:
+        kind = message["type"][10:]  # "websocket.ping" -> "ping"
+        payload: bytes = message.get("bytes") or b""
+        waiters = self._control_waiters.get(kind)
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(payload)
+                return
+        backlog = self._control_backlog.get(kind)
+        if backlog is None:
+            backlog = self._control_backlog[kind] = deque(maxlen=_CONTROL_BACKLOG)
+        backlog.append(payload)
+
+    def _hand_over(self) -> None:
+        """The reading task stops: let a waiting task read from now on."""
+        waiter = self._data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+            return
+        for waiters in self._control_waiters.values():
+            for control_waiter in waiters:
+                if not control_waiter.done():
+                    control_waiter.set_result(None)
+                    return
+
+    async def _next_data(self) -> Message:
+        """The next websocket.receive or websocket.disconnect message.
+
+        One task at a time reads from the server; pings and pongs it meets go to the
+        tasks awaiting them (``receive_ping``/``receive_pong``) or to a short backlog.
+        """
+        if self._data_backlog:
+            return self._data_backlog.popleft()
+        while True:
+            if self._reading:
+                # A task in receive_ping/receive_pong is reading: it hands data over.
+                if self._data_waiter is not None:
+                    raise WebSocketStateError(
+                        "Two tasks are receiving from the same WebSocket at once: receive "
+                        "in one task and pass the messages on (e.g. with an asyncio.Queue)."
+                    )
+                waiter: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
+                self._data_waiter = waiter
+                try:
+                    handed = await waiter
+                finally:
+                    self._data_waiter = None
+                if handed is not None:
+                    return handed
+                continue
+            self._reading = True
+            try:
+                message = await self._receive()
+            finally:
+                self._reading = False
+                if self._control_waiters:
+                    self._hand_over()
+            kind = message["type"]
+            if kind == "websocket.receive" or kind == "websocket.disconnect":
+                return message
+            if kind == "websocket.ping" or kind == "websocket.pong":
+                self._dispatch_control(message)
+                continue
+            raise WebSocketStateError(f"Unexpected ASGI message {kind!r} while receiving.")
+
+    async def _next_control(self, kind: Literal["ping", "pong"]) -> bytes:
+        backlog = self._control_backlog.get(kind)
+        if backlog:
+            return backlog.popleft()
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._reading:
+                # Another task is reading; it dispatches the frame to us.
+                waiter: asyncio.Future[bytes | None] = loop.create_future()
+                waiters = self._control_waiters.setdefault(kind, [])
+                waiters.append(waiter)
+                try:
+                    payload = await waiter
+                finally:
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+                    if not waiters:
+                        self._control_waiters.pop(kind, None)
+                if payload is not None:
+                    return payload
+                continue
+            # Nobody is reading: read ourselves, keeping data messages for receive_*.
+            self._reading = True
+            try:
+                message = await self._receive()
+            finally:
+                self._reading = False
+                self._hand_over()
+            message_type = message["type"]
+            if message_type == f"websocket.{kind}":
+                return bytes(message.get("bytes") or b"")
+            if message_type == "websocket.ping" or message_type == "websocket.pong":
+                self._dispatch_control(message)
+                continue
+            waiter_for_data = self._data_waiter
+            if waiter_for_data is not None and not waiter_for_data.done():
+                waiter_for_data.set_result(message)
+            else:
+                self._data_backlog.append(message)
+            if message_type == "websocket.disconnect":
+                self._on_disconnect(message)
+                raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next message as the raw ASGI dict (``{"type": "websocket.receive", ...}``).
+
+        Raises WebSocketDisconnect when the peer closed.
+        """
+        self._check_can_receive()
+        if timeout is None:
+            message = await self._next_data()
+        else:
+            message = await asyncio.wait_for(self._next_data(), timeout)
+        if message["type"] == "websocket.disconnect":
+            self._on_disconnect(message)
+            raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
+        return message
+
+    async def receive_text(self, timeout: float | None = None) -> str:
+        """The next message, which must be text (else WebSocketUnsupportedData, code 1003)."""
+        message = await self.receive(timeout)
+        text = message.get("text")
+        if text is None:
+            raise WebSocketUnsupportedData("Expected a text message, got a binary one.")
+        return str(text)
+
+    async def receive_bytes(self, timeout: float | None = None) -> bytes:
+        """The next message, which must be binary (else WebSocketUnsupportedData, 1003)."""
+        message = await self.receive(timeout)
+        data = message.get("bytes")
+        if data is None:
+            raise WebSocketUnsupportedData("Expected a binary message, got a text one.")
+        return bytes(data)
+
+    async def receive_json(self, timeout: float | None = None) -> Any:
+        """The next message, text or binary, parsed as JSON.
+
+        Invalid JSON raises WebSocketInvalidJSON (code 1007; also a json.JSONDecodeError),
+        and the connection stays open for the next message.
+        """
+        message = await self.receive(timeout)
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise WebSocketInvalidJSON(f"Message is not valid JSON: {exc.msg}.") from None
+
+    async def receive_ping(self, timeout: float | None = None) -> bytes:
+        """The payload of the next Ping from the peer (already answered by the server).
+
+        Pings are seen from the first call of ``send_ping``, ``receive_ping`` or
+        ``receive_pong`` on; earlier ones were answered by the server unseen.
+        """
+        self._check_can_receive()
+        await self._require_control("see the peer's pings")
+        if timeout is None:
+            return await self._next_control("ping")
+        return await asyncio.wait_for(self._next_control("ping"), timeout)
+
+    async def receive_pong(self, timeout: float | None = None) -> bytes:
+        """The payload of the next Pong from the peer (e.g. the answer to send_ping)."""
+        self._check_can_receive()
+        await self._require_control("see the peer's pongs")
+        if timeout is None:
+            return await self._next_control("pong")
+        return await asyncio.wait_for(self._next_control("pong"), timeout)
+
+    async def iter_text(self) -> AsyncIterator[str]:
+        """Text messages until the peer closes; then ``ws.close_code`` says how."""
+        try:
+            while True:
+                yield await self.receive_text()
+        except WebSocketDisconnect:
+            pass
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Binary messages until the peer closes; then ``ws.close_code`` says how."""
+        try:
+            while True:
+                yield await self.receive_bytes()
+        except WebSocketDisconnect:
+            pass
+
+    async def iter_json(self) -> AsyncIterator[Any]:
+        """JSON messages until the peer closes; then ``ws.close_code`` says how."""
+        try:
+            while True:
+                yield await self.receive_json()
+        except WebSocketDisconnect:
+            pass
+
+    def __repr__(self) -> str:
+        client = self.client
+        peer = f"{client.host}:{client.port}" if client else "?"
+        return (
+            f"<WebSocket {self.scope.get('path', '')} from {peer} "
+            f"{self.connection_state.name.lower()}>"
+        )
+
+
+def _header_pair(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
+    key = name.encode("latin-1") if isinstance(name, str) else name
+    val = value.encode("latin-1") if isinstance(value, str) else value
+    return key.lower(), val
