@@ -1,0 +1,369 @@
+"""The nexios server: uvicorn with a WebSocket protocol that speaks the nexios ASGI extensions.
+
+`NexiosWebSocketProtocol` subclasses uvicorn's sans-I/O ``websockets`` protocol and adds what
+``docs/asgi-extensions.md`` specifies: app-sent pings and pongs, control events for the app,
+and permessage-deflate chosen per connection at accept time. `make_config` and `run` start
+uvicorn with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import OPEN
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+    from uvicorn.server import ServerState
+
+    from nexios.types import ASGIApp
+
+__all__ = ["NexiosWebSocketProtocol", "make_config", "run"]
+
+CONTROL_EXTENSION: Final = "nexios.websocket.control"
+DEFLATE_EXTENSION: Final = "nexios.websocket.permessage_deflate"
+
+# RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
+MAX_CONTROL_PAYLOAD: Final = 125
+# Control events waiting for the app, at most; more are dropped (and counted).
+MAX_PENDING_CONTROL: Final = 32
+
+
+def _deflate_factory() -> ServerPerMessageDeflateFactory:
+    # 4 KiB windows and memLevel 5 (uvicorn's choice too) keep zlib's state per connection small.
+    return ServerPerMessageDeflateFactory(
+        server_max_window_bits=12,
+        client_max_window_bits=12,
+        compress_settings={"memLevel": 5},
+    )
+
+
+class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol plus the nexios ASGI extensions.
+
+    Without the ``nexios.*`` keys in the app's ``websocket.accept`` the app sees uvicorn's
+    behaviour (permessage-deflate then follows the server-wide ``ws_per_message_deflate``),
+    with three fixes:
+
+    - a keepalive timeout reaches the app as ``websocket.disconnect`` with code 1011 (uvicorn
+      reports only the lost connection, 1005);
+    - messages that arrived in the same read as a protocol error (say, an oversized message)
+      reach the app before the disconnect (uvicorn drops them);
+    - a text message with invalid UTF-8 that arrives in the same read as the peer's Close is
+      dropped and that close reported (uvicorn's own 1007 path raises there).
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # uvicorn makes permessage-deflate available only when the server-wide setting is on.
+        # nexios lets the app ask for it per connection, so it must be negotiable at handshake
+        # time whatever the setting; the app's accept decides whether the result is kept.
+        if not self.conn.available_extensions:
+            self.conn.available_extensions = [_deflate_factory()]
+        self._deflate_offered = False
+        self._forward_control = False
+        self._pending_control = 0
+        self.control_events_dropped = 0
+
+    # Handshake
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code != 101:
+            return
+        # The client offered permessage-deflate with parameters we accept: `conn.accept()`
+        # negotiated it. Only `_settle_extensions` may still decline it, before the 101 is sent.
+        self._deflate_offered = any(isinstance(e, PerMessageDeflate) for e in self.conn.extensions)
+        # super() scheduled the app's task but it has not started: the scope can still grow.
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[CONTROL_EXTENSION] = {}
+        extensions[DEFLATE_EXTENSION] = {"offered": self._deflate_offered}
+
+    def _settle_extensions(self, message: Mapping[str, Any]) -> None:
+        """Apply the ``nexios.*`` keys of the app's accept, before the 101 goes out."""
+        self._forward_control = bool(message.get("nexios.control", False))
+        wanted = message.get("nexios.permessage_deflate")
+        if wanted is None:
+            wanted = self.config.ws_per_message_deflate
+        if self._deflate_offered and not wanted:
+            # Decline: the response header and the codec list must agree (RFC 6455 section
+            # 9.1), or the client would inflate frames we never deflated. permessage-deflate is
+            # the only extension this protocol makes available, so nothing else is dropped. The
+            # list is emptied in place: the frame parser may already hold a reference to it.
+            del self.response.headers["Sec-WebSocket-Extensions"]
+            self.conn.extensions.clear()
+
+    # Incoming data
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        # Deliver what was parsed before a parser error first, so the app sees the messages
+        # that preceded, e.g., an oversized one (uvicorn drops them), then the disconnect.
+        self.handle_events()
+        # After a parser error websockets discards all input: report it and close, unless the
+        # socket is already closing (handle_events may have failed the connection itself).
+        if self.conn.parser_exc is not None and not self.transport.is_closing():
+            self.handle_parser_exception()
+
+    def handle_events(self) -> None:
+        for event in self.conn.events_received():
+            if self.transport.is_closing():
+                # Failed or closed while handling an earlier event of this read: nothing to do.
+                break
+            if isinstance(event, Request):
+                self.handle_connect(event)
+            elif isinstance(event, Frame):
+                self._handle_frame(event)
+
+    def _handle_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.TEXT:
+            self.handle_text(frame)
+        elif frame.opcode is Opcode.BINARY:
+            self.handle_bytes(frame)
+        elif frame.opcode is Opcode.CONT:
+            self.handle_cont(frame)
+        elif frame.opcode is Opcode.PING:
+            # websockets queued the Pong (RFC 6455 section 5.5.2) while parsing: it goes out
+            # before the app hears of the Ping.
+            self.handle_ping()
+            self._forward_control_event("websocket.ping", frame)
+        elif frame.opcode is Opcode.PONG:
+            answers_keepalive = self.pending_ping_payload is not None and (
+                bytes(frame.data) == self.pending_ping_payload
+            )
+            self.handle_pong(frame)
+            if not answers_keepalive:
+                self._forward_control_event("websocket.pong", frame)
+        elif frame.opcode is Opcode.CLOSE:
+            self.handle_close(frame)
+
+    def _forward_control_event(self, kind: str, frame: Frame) -> None:
+        if not self._forward_control or self.close_sent:
+            return
+        # Control events do not pause reading (an app busy elsewhere must still read the
+        # pongs to the keepalive pings); instead at most MAX_PENDING_CONTROL wait.
+        if self._pending_control >= MAX_PENDING_CONTROL:
+            if not self.control_events_dropped:
+                self.logger.warning(
+                    "WebSocket app is not reading control events: dropping the newest "
+                    "(at most %d wait).",
+                    MAX_PENDING_CONTROL,
+                )
+            self.control_events_dropped += 1
+            return
+        self._pending_control += 1
+        self.queue.put_nowait(cast("ASGIReceiveEvent", {"type": kind, "bytes": bytes(frame.data)}))
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await super().receive()
+        if message["type"] in ("websocket.ping", "websocket.pong"):
+            self._pending_control -= 1
+        return message
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "bytes" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            self._fail_invalid_text(exc)
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _fail_invalid_text(self, exc: UnicodeDecodeError) -> None:
+        # RFC 6455 section 8.1: a text message that is not valid UTF-8 fails the connection,
+        # with 1007 (section 7.4.1). If the connection is no longer open (the peer's Close or
+        # a parser error came in the same read), the message is dropped and that close stands.
+        if self.conn.state is not OPEN:
+            return
+        self.logger.info("Invalid UTF-8 in a text message from the client: closing with 1007.")
+        self.conn.fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
+        # Queues websocket.disconnect with code 1007, writes the Close frame, closes the socket.
+        self.handle_parser_exception()
+
+    # Keepalive
+
+    def keepalive_timeout(self) -> None:
+        closing = self.close_sent or self.transport.is_closing()
+        super().keepalive_timeout()
+        if not closing:
+            # uvicorn only reports the lost connection (1005); tell the app why.
+            disconnect = {
+                "type": "websocket.disconnect",
+                "code": 1011,
+                "reason": "keepalive ping timeout",
+            }
+            self.queue.put_nowait(cast("ASGIReceiveEvent", disconnect))
+
+    # Messages from the app
+
+    async def send(self, message: ASGISendEvent) -> None:
+        fields = cast("Mapping[str, Any]", message)
+        kind = fields["type"]
+        if kind in ("websocket.ping", "websocket.pong"):
+            await self._send_control(kind, fields)
+            return
+        if kind == "websocket.control":
+            # Start (or stop) forwarding the peer's control frames, at any time.
+            self._forward_control = bool(fields.get("forward", True))
+            return
+        if kind == "websocket.accept":
+            await self.writable.wait()
+            # With `writable` set, super().send() runs to the 101 without yielding: nothing can
+            # happen between the decision here and the response going out.
+            if (
+                not self.disconnected
+                and not self.handshake_complete
+                and self.initial_response is None
+            ):
+                self._settle_extensions(fields)
+        await super().send(message)
+
+    async def _send_control(self, kind: str, message: Mapping[str, Any]) -> None:
+        data = message.get("bytes")
+        if data is None:
+            data = b""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"'{kind}' needs bytes in 'bytes', not {type(data).__name__}.")
+        if len(data) > MAX_CONTROL_PAYLOAD:
+            raise ValueError(
+                f"'{kind}' payload is {len(data)} bytes; a control frame carries at most "
+                f"{MAX_CONTROL_PAYLOAD} bytes (RFC 6455 section 5.5)."
+            )
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.initial_response is not None:
+            raise RuntimeError(
+                f"Expected ASGI message 'websocket.http.response.body' but got '{kind}'."
+            )
+        if not self.handshake_complete:
+            raise RuntimeError(f"Cannot send '{kind}' before 'websocket.accept'.")
+        if self.close_sent:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' after sending 'websocket.close'.")
+        # The peer's Close arrived (websockets echoed it) or the socket is going away: like a
+        # `websocket.send` at this point, this is a disconnected client.
+        if self.conn.state is not OPEN or self.transport.is_closing():
+            raise ClientDisconnected()
+        if kind == "websocket.ping":
+            self.conn.send_ping(data)
+        else:
+            # RFC 6455 section 5.5.3: an unsolicited Pong is a unidirectional heartbeat.
+            self.conn.send_pong(data)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+
+# Options of uvicorn.Config that make_config sets from its own arguments.
+_OWN_OPTIONS: Final = {
+    "ws": "the nexios protocol",
+    "ws_ping_interval": "ping_interval",
+    "ws_ping_timeout": "ping_timeout",
+    "ws_max_size": "max_message_size",
+    "ws_per_message_deflate": "compression",
+}
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def make_config(
+    app: ASGIApp | str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    max_message_size: int = 1 << 20,
+    compression: bool = False,
+    **uvicorn_kwargs: Any,
+) -> uvicorn.Config:
+    """Build the uvicorn ``Config`` that serves *app* with `NexiosWebSocketProtocol`.
+
+    - *ping_interval*: seconds between the server's keepalive Pings; ``None`` sends none.
+    - *ping_timeout*: seconds to wait for the Pong before closing with 1011; ``None`` waits
+      forever.
+    - *max_message_size*: largest incoming message, in bytes, after decompression; a larger
+      one closes the connection with 1009.
+    - *compression*: the default for permessage-deflate (RFC 7692). It is only ever used
+      when the client's handshake offered it. An app's ``websocket.accept`` with
+      ``"nexios.permessage_deflate": True`` or ``False`` decides for its connection; without
+      the key, ``compression=False`` (the default) leaves the connection uncompressed and
+      ``compression=True`` compresses it.
+
+    ``http="httptools"`` and ``loop="uvloop"`` are used when importable (else h11 and
+    asyncio), with ``lifespan="on"``; *uvicorn_kwargs* go to ``uvicorn.Config`` as they
+    are and may override those three, but not the WebSocket options above.
+    """
+    for option, ours in _OWN_OPTIONS.items():
+        if option in uvicorn_kwargs:
+            raise TypeError(f"make_config() sets {option!r} itself: use {ours}")
+    options: dict[str, Any] = {
+        "http": "httptools" if _importable("httptools") else "h11",
+        "loop": "uvloop" if _importable("uvloop") else "asyncio",
+        "lifespan": "on",
+    }
+    options.update(uvicorn_kwargs)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws=NexiosWebSocketProtocol,
+        ws_ping_interval=ping_interval,
+        ws_ping_timeout=ping_timeout,
+        ws_max_size=max_message_size,
+        ws_per_message_deflate=compression,
+        **options,
+    )
+
+
+def run(
+    app: ASGIApp | str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    max_message_size: int = 1 << 20,
+    compression: bool = False,
+    **uvicorn_kwargs: Any,
+) -> None:
+    """Serve *app* until interrupted: ``uvicorn.Server(make_config(...)).run()``.
+
+    One process, no reloader and no workers (those need uvicorn's own ``uvicorn.run``).
+    """
+    config = make_config(
+        app,
+        host,
+        port,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        max_message_size=max_message_size,
+        compression=compression,
+        **uvicorn_kwargs,
+    )
+    uvicorn.Server(config).run()

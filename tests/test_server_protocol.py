@@ -1,0 +1,678 @@
+"""nexios.server against a real uvicorn server and real WebSocket clients.
+
+Each test starts uvicorn (``make_config``) on a free port in the test's event loop, with a
+raw ASGI app whose WebSocket handler the test writes, and talks to it with the
+``websockets`` client or, for what that client will not do (never answer a ping, look at
+the bytes on the wire), a socket driven by websockets' sans-I/O ``ClientProtocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from nexios import server as nexios_server
+from nexios.server import NexiosWebSocketProtocol, make_config
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TIMEOUT = 5.0
+
+
+async def within(awaitable: Awaitable[Any]) -> Any:
+    return await asyncio.wait_for(awaitable, TIMEOUT)
+
+
+class App:
+    """A raw ASGI app: lifespan, and each WebSocket goes to ``handler`` after its connect event."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.errors: list[BaseException] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert scope["type"] == "websocket"
+        try:
+            assert (await receive())["type"] == "websocket.connect"
+            await self.handler(scope, receive, send)
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler, **options: Any) -> AsyncIterator[str]:
+    """Run uvicorn with ``make_config(App(handler), port=0, **options)``; yield its ws:// URL."""
+    app = App(handler)
+    options.setdefault("ping_interval", None)
+    config = make_config(
+        app, "127.0.0.1", 0, log_level="warning", timeout_graceful_shutdown=2, **options
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                if task.done():
+                    raise RuntimeError("uvicorn did not start")
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        await within(task)
+    assert not app.errors, app.errors
+
+
+class RecordingClient(ClientConnection):
+    """The websockets client, also keeping the Ping and Pong frames it receives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.control_frames: asyncio.Queue[Frame] = asyncio.Queue()
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode in (Opcode.PING, Opcode.PONG):
+            self.control_frames.put_nowait(event)
+        super().process_event(event)
+
+
+def client(url: str, **options: Any) -> Any:
+    options.setdefault("ping_interval", None)
+    return connect(
+        url, create_connection=RecordingClient, open_timeout=TIMEOUT, close_timeout=2, **options
+    )
+
+
+class RawClient:
+    """A TCP socket speaking WebSocket through websockets' sans-I/O ``ClientProtocol``.
+
+    It writes only what the test asks for: it never answers a Ping on its own. ``wire``
+    keeps every byte received after the handshake response.
+    """
+
+    def __init__(self, url: str, *, offer_deflate: bool = False) -> None:
+        extensions = [ClientPerMessageDeflateFactory()] if offer_deflate else None
+        self.protocol = ClientProtocol(parse_uri(url), extensions=extensions)
+        self.url = url
+        self.wire = bytearray()
+        self.events: list[Any] = []
+        self.response: Response | None = None
+
+    async def __aenter__(self) -> RawClient:
+        uri = parse_uri(self.url)
+        self.reader, self.writer = await within(asyncio.open_connection(uri.host, uri.port))
+        self.protocol.send_request(self.protocol.connect())
+        self.flush()
+        while self.response is None:
+            event = await self.next_event()
+            assert isinstance(event, Response), event
+            assert event.status_code == 101, event
+            self.response = event
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await within(self.writer.wait_closed())
+
+    def flush(self) -> None:
+        """Write what the protocol has queued (the test decides when)."""
+        self.writer.write(b"".join(self.protocol.data_to_send()))
+
+    async def next_event(self) -> Any:
+        """The next frame or response received; ``None`` at the end of the stream."""
+        while not self.events:
+            data = await self.reader.read(65536)
+            if not data:
+                self.protocol.receive_eof()
+                return None
+            if self.response is not None:
+                self.wire += data
+            else:
+                _, sep, rest = data.partition(b"\r\n\r\n")
+                self.wire += rest if sep else b""
+            self.protocol.receive_data(data)
+            self.events.extend(self.protocol.events_received())
+        return self.events.pop(0)
+
+
+async def echo_until_disconnect(receive: Receive, send: Send) -> Message:
+    """Echo every message; return the disconnect event."""
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return message
+        await send(
+            {"type": "websocket.send", "bytes": message.get("bytes"), "text": message.get("text")}
+        )
+
+
+# Scope
+
+
+@pytest.mark.parametrize(("compression", "offered"), [("deflate", True), (None, False)])
+async def test_scope_advertises_the_extensions(compression: str | None, offered: bool) -> None:
+    scopes: asyncio.Queue[Scope] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        scopes.put_nowait(scope)
+        await send({"type": "websocket.accept"})
+        await echo_until_disconnect(receive, send)
+
+    async with serve(handler) as url, client(url, compression=compression):
+        scope = await within(scopes.get())
+    assert scope["extensions"] == {
+        "websocket.http.response": {},
+        "nexios.websocket.control": {},
+        "nexios.websocket.permessage_deflate": {"offered": offered},
+    }
+
+
+# Pings and pongs sent by the app
+
+
+async def test_app_ping_reaches_client_and_its_pong_reaches_app() -> None:
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept", "nexios.control": True})
+        await send({"type": "websocket.ping", "bytes": b"are you there"})
+        events.put_nowait(await receive())
+        await echo_until_disconnect(receive, send)
+
+    async with serve(handler) as url, client(url) as ws:
+        frame = await within(ws.control_frames.get())
+        assert (frame.opcode, frame.data) == (Opcode.PING, b"are you there")
+        assert await within(events.get()) == {"type": "websocket.pong", "bytes": b"are you there"}
+
+
+async def test_app_sends_unsolicited_pong() -> None:
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.pong", "bytes": b"heartbeat"})
+        await send({"type": "websocket.pong"})  # no payload: an empty pong
+        await echo_until_disconnect(receive, send)
+
+    async with serve(handler) as url, client(url) as ws:
+        first = await within(ws.control_frames.get())
+        second = await within(ws.control_frames.get())
+    assert (first.opcode, first.data) == (Opcode.PONG, b"heartbeat")
+    assert (second.opcode, second.data) == (Opcode.PONG, b"")
+
+
+async def test_control_payload_limit() -> None:
+    outcomes: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        for message in (
+            {"type": "websocket.ping", "bytes": b"x" * 126},
+            {"type": "websocket.pong", "bytes": b"x" * 126},
+            {"type": "websocket.ping", "bytes": "text"},
+        ):
+            try:
+                await send(message)
+            except (ValueError, TypeError) as exc:
+                outcomes.put_nowait(exc)
+        await send({"type": "websocket.ping", "bytes": b"x" * 125})  # the largest allowed
+        await echo_until_disconnect(receive, send)
+
+    async with serve(handler) as url, client(url) as ws:
+        too_big_ping = await within(outcomes.get())
+        too_big_pong = await within(outcomes.get())
+        not_bytes = await within(outcomes.get())
+        frame = await within(ws.control_frames.get())
+    assert isinstance(too_big_ping, ValueError)
+    assert "126 bytes" in str(too_big_ping)
+    assert "at most 125" in str(too_big_ping)
+    assert isinstance(too_big_pong, ValueError)
+    assert isinstance(not_bytes, TypeError)
+    # Nothing was written for the rejected messages: the first frame is the 125-byte ping.
+    assert (frame.opcode, frame.data) == (Opcode.PING, b"x" * 125)
+
+
+async def test_ping_before_accept_and_after_close_raises() -> None:
+    outcomes: asyncio.Queue[BaseException] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "websocket.ping", "bytes": b""})
+        except RuntimeError as exc:
+            outcomes.put_nowait(exc)
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        try:
+            await send({"type": "websocket.pong", "bytes": b""})
+        except RuntimeError as exc:
+            outcomes.put_nowait(exc)
+
+    async with serve(handler) as url, client(url) as ws:
+        with pytest.raises(ConnectionClosed):
+            await within(ws.recv())
+        before = await within(outcomes.get())
+        after = await within(outcomes.get())
+    assert "before 'websocket.accept'" in str(before)
+    assert "after sending 'websocket.close'" in str(after)
+
+
+async def test_ping_after_client_closed_raises_client_disconnected() -> None:
+    outcomes: asyncio.Queue[BaseException] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        assert message["type"] == "websocket.disconnect"
+        try:
+            await send({"type": "websocket.ping", "bytes": b"late"})
+        except ClientDisconnected as exc:
+            outcomes.put_nowait(exc)
+
+    async with serve(handler) as url:
+        async with client(url):
+            pass
+        assert isinstance(await within(outcomes.get()), ClientDisconnected)
+
+
+# Pings and pongs sent by the peer
+
+
+async def test_peer_control_frames_reach_app_in_order_when_asked() -> None:
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept", "nexios.control": True})
+        while True:
+            message = await receive()
+            events.put_nowait(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async with serve(handler) as url, client(url) as ws:
+        await ws.send("one")
+        pong_received = await ws.ping(b"ping-1")
+        await ws.pong(b"beat")
+        await ws.send(b"two")
+        await within(pong_received)  # the server answered the ping itself
+        assert await within(events.get()) == {"type": "websocket.receive", "text": "one"}
+        assert await within(events.get()) == {"type": "websocket.ping", "bytes": b"ping-1"}
+        assert await within(events.get()) == {"type": "websocket.pong", "bytes": b"beat"}
+        assert await within(events.get()) == {"type": "websocket.receive", "bytes": b"two"}
+
+
+async def test_no_control_events_without_the_accept_key() -> None:
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        events.put_nowait(await receive())
+        await echo_until_disconnect(receive, send)
+
+    async with serve(handler) as url, client(url) as ws:
+        pong_received = await ws.ping(b"hello")
+        await ws.pong(b"beat")
+        await within(pong_received)
+        await ws.send("data")
+        assert await within(events.get()) == {"type": "websocket.receive", "text": "data"}
+
+
+async def test_keepalive_pongs_are_not_forwarded() -> None:
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept", "nexios.control": True})
+        events.put_nowait(await receive())
+        await echo_until_disconnect(receive, send)
+
+    async with (
+        serve(handler, ping_interval=0.05, ping_timeout=TIMEOUT) as url,
+        client(url) as ws,
+    ):
+        for _ in range(3):  # three keepalive rounds: the client pongs each before we go on
+            frame = await within(ws.control_frames.get())
+            assert frame.opcode is Opcode.PING
+        await ws.send("after the pings")
+        assert await within(events.get()) == {
+            "type": "websocket.receive",
+            "text": "after the pings",
+        }
+
+
+# Keepalive
+
+
+async def test_client_that_never_pongs_is_closed_after_interval_plus_timeout() -> None:
+    disconnects: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        disconnects.put_nowait(await receive())
+
+    async with serve(handler, ping_interval=0.2, ping_timeout=0.2) as url:
+        async with RawClient(url) as raw:
+            opened = time.monotonic()
+            ping = await within(raw.next_event())
+            close = await within(raw.next_event())
+            end = await within(raw.next_event())
+            elapsed = time.monotonic() - opened
+        disconnect = await within(disconnects.get())
+    assert isinstance(ping, Frame)
+    assert ping.opcode is Opcode.PING
+    assert isinstance(close, Frame)
+    assert close.opcode is Opcode.CLOSE
+    assert Close.parse(close.data).code == 1011
+    assert end is None  # and the server closed the TCP connection
+    assert 0.35 <= elapsed < 0.4 + 2.0
+    assert disconnect == {
+        "type": "websocket.disconnect",
+        "code": 1011,
+        "reason": "keepalive ping timeout",
+    }
+
+
+async def test_client_that_pongs_stays_connected() -> None:
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        await echo_until_disconnect(receive, send)
+
+    async with serve(handler, ping_interval=0.1, ping_timeout=0.1) as url, client(url) as ws:
+        for _ in range(5):  # 5 intervals: well past interval + timeout
+            frame = await within(ws.control_frames.get())
+            assert frame.opcode is Opcode.PING
+        await ws.send("still here")
+        assert await within(ws.recv()) == "still here"
+
+
+# permessage-deflate
+
+
+def deflate_negotiated(ws: ClientConnection) -> bool:
+    in_header = "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+    in_codecs = any(isinstance(e, PerMessageDeflate) for e in ws.protocol.extensions)
+    assert in_header == in_codecs
+    return in_codecs
+
+
+def accept_handler(accept: Message) -> Handler:
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(accept)
+        await echo_until_disconnect(receive, send)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("server_compression", "accept_key", "client_compression", "negotiated"),
+    [
+        (False, None, "deflate", False),
+        (False, True, "deflate", True),
+        (False, False, "deflate", False),
+        (False, True, None, False),
+        (True, None, "deflate", True),
+        (True, False, "deflate", False),
+        (True, True, None, False),
+    ],
+)
+async def test_permessage_deflate_negotiation(
+    server_compression: bool,
+    accept_key: bool | None,
+    client_compression: str | None,
+    negotiated: bool,
+) -> None:
+    accept: Message = {"type": "websocket.accept"}
+    if accept_key is not None:
+        accept["nexios.permessage_deflate"] = accept_key
+    async with (
+        serve(accept_handler(accept), compression=server_compression) as url,
+        client(url, compression=client_compression) as ws,
+    ):
+        assert deflate_negotiated(ws) is negotiated
+        message = "compressible " * 1000
+        await ws.send(message)  # both directions agree on the codec
+        assert await within(ws.recv()) == message
+
+
+@pytest.mark.parametrize("requested", [True, False])
+async def test_permessage_deflate_on_the_wire(requested: bool) -> None:
+    payload = b"a" * 10_000
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept", "nexios.permessage_deflate": requested})
+        await send({"type": "websocket.send", "bytes": payload})
+        await receive()
+
+    async with serve(handler) as url, RawClient(url, offer_deflate=True) as raw:
+        frame = await within(raw.next_event())
+        assert raw.response is not None
+        header = raw.response.headers.get("Sec-WebSocket-Extensions")
+        wire = bytes(raw.wire)
+    assert isinstance(frame, Frame)
+    assert frame.data == payload
+    first_byte, length = wire[0], wire[1] & 0x7F
+    assert first_byte & 0x0F == Opcode.BINARY
+    if requested:
+        assert header is not None
+        assert header.startswith("permessage-deflate")
+        assert first_byte & 0x40  # RSV1: a compressed message (RFC 7692 section 6)
+        assert length < 126  # 10 000 bytes of "a" deflate to a few dozen
+    else:
+        assert header is None
+        assert not first_byte & 0x40
+        assert length == 126
+        assert struct.unpack("!H", wire[2:4])[0] == len(payload)
+
+
+# Invalid input
+
+
+async def test_invalid_utf8_text_closes_with_1007() -> None:
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            events.put_nowait(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async with serve(handler) as url, client(url) as ws:
+        await ws.send("valid")
+        await ws.send(b"caf\xc3", text=True)  # truncated UTF-8 sequence
+        await within(ws.wait_closed())
+        assert ws.close_code == 1007
+        assert await within(events.get()) == {"type": "websocket.receive", "text": "valid"}
+        disconnect = await within(events.get())
+    assert disconnect["type"] == "websocket.disconnect"
+    assert disconnect["code"] == 1007
+
+
+async def test_invalid_utf8_arriving_with_the_peers_close() -> None:
+    # The bad message and the Close come in one read: websockets has already echoed the
+    # Close when the text is decoded, so the connection cannot fail with 1007 any more. The
+    # message is dropped and the peer's close stands (uvicorn raises InvalidState here).
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        events.put_nowait(await receive())
+
+    async with serve(handler) as url, RawClient(url) as raw:
+        raw.protocol.send_text(b"\xff")
+        raw.protocol.send_close(4000, "bye")
+        raw.flush()
+        echo = await within(raw.next_event())
+        assert await within(raw.next_event()) is None
+        assert await within(events.get()) == {
+            "type": "websocket.disconnect",
+            "code": 4000,
+            "reason": "bye",
+        }
+    assert isinstance(echo, Frame)
+    assert Close.parse(echo.data).code == 4000
+
+
+async def test_fragmented_text_is_reassembled_and_checked() -> None:
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            events.put_nowait(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async with serve(handler) as url, client(url) as ws:
+        # "é" split across two frames is valid once reassembled.
+        await ws.send([b"caf\xc3", b"\xa9"], text=True)
+        assert await within(events.get()) == {"type": "websocket.receive", "text": "café"}
+        await ws.send([b"ok ", b"\xff"], text=True)
+        await within(ws.wait_closed())
+        assert ws.close_code == 1007
+        assert (await within(events.get()))["code"] == 1007
+
+
+async def test_message_over_max_size_closes_with_1009() -> None:
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            events.put_nowait(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async with serve(handler, max_message_size=1024) as url, client(url) as ws:
+        await ws.send(b"x" * 1024)  # exactly the limit: accepted
+        await ws.send(b"x" * 1025)
+        await within(ws.wait_closed())
+        assert ws.close_code == 1009
+        assert await within(events.get()) == {"type": "websocket.receive", "bytes": b"x" * 1024}
+        disconnect = await within(events.get())
+    assert disconnect["type"] == "websocket.disconnect"
+    assert disconnect["code"] == 1009
+
+
+# The production stack
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_uvicorn_server_run_in_its_own_loop(http: str) -> None:
+    """``uvicorn.Server(make_config(...)).run()``, as ``run`` does: uvloop and *http*."""
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        accept = {"nexios.control": True, "nexios.permessage_deflate": True}
+        await send({"type": "websocket.accept", **accept})
+        await send({"type": "websocket.ping", "bytes": b"uv"})
+        pong = await receive()
+        await send({"type": "websocket.send", "text": f"{pong['type']} {pong['bytes']!r}"})
+        await echo_until_disconnect(receive, send)
+
+    app = App(handler)
+    config = make_config(app, "127.0.0.1", 0, log_level="warning", http=http, ping_interval=None)
+    assert config.loop == "uvloop"
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                assert thread.is_alive(), "uvicorn did not start"
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with client(f"ws://127.0.0.1:{port}/") as ws:
+            assert deflate_negotiated(ws)
+            assert await within(ws.recv()) == "websocket.pong b'uv'"
+            await ws.send(b"\xc3(", text=True)
+            await within(ws.wait_closed())
+            assert ws.close_code == 1007
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not thread.is_alive()
+    assert not app.errors, app.errors
+
+
+# Configuration
+
+
+def test_make_config() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+    config = make_config(
+        app,
+        "0.0.0.0",
+        9000,
+        ping_interval=1.5,
+        ping_timeout=None,
+        max_message_size=4096,
+        compression=True,
+        root_path="/api",
+    )
+    assert (config.host, config.port, config.root_path) == ("0.0.0.0", 9000, "/api")
+    assert config.ws is NexiosWebSocketProtocol
+    assert config.ws_ping_interval == 1.5
+    assert config.ws_ping_timeout is None
+    assert config.ws_max_size == 4096
+    assert config.ws_per_message_deflate is True
+    assert (config.http, config.loop, config.lifespan) == ("httptools", "uvloop", "on")
+
+    defaults = make_config(app, http="h11")
+    assert (defaults.host, defaults.port, defaults.http) == ("127.0.0.1", 8000, "h11")
+    assert (defaults.ws_ping_interval, defaults.ws_ping_timeout) == (20.0, 20.0)
+    assert defaults.ws_max_size == 1 << 20
+    assert defaults.ws_per_message_deflate is False
+
+    with pytest.raises(TypeError, match="max_message_size"):
+        make_config(app, ws_max_size=10)
+
+
+def test_run_serves_make_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[uvicorn.Config] = []
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: served.append(self.config)
+    )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+    nexios_server.run(app, "127.0.0.1", 8123, ping_interval=None, compression=True)
+    (config,) = served
+    assert config.port == 8123
+    assert config.ws is NexiosWebSocketProtocol
+    assert config.ws_ping_interval is None
+    assert config.ws_per_message_deflate is True
