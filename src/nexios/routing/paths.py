@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from nexios.exceptions import ImproperlyConfigured
+
 __all__ = [
     "CONVERTORS",
     "CompiledPath",
@@ -173,7 +175,7 @@ def compile_path(template: str, *, prefix: bool = False) -> CompiledPath:
     ``/chat`` and ``/chat/`` are the same prefix.
     """
     if template and not template.startswith("/"):
-        raise ValueError(f"Route paths must start with '/': got {template!r}.")
+        raise ImproperlyConfigured(f"Route paths must start with '/': got {template!r}.")
     if prefix:
         template = template.rstrip("/")
     pattern = "^"
@@ -184,12 +186,12 @@ def compile_path(template: str, *, prefix: bool = False) -> CompiledPath:
         name, conv_name = found.group(1), found.group(2) or "str"
         if conv_name not in CONVERTORS:
             known = ", ".join(sorted(CONVERTORS))
-            raise ValueError(
+            raise ImproperlyConfigured(
                 f"Unknown convertor {conv_name!r} in {template!r}: use one of {known}, "
                 "or add one with nexios.routing.register_convertor()."
             )
         if name in convertors:
-            raise ValueError(f"Duplicate parameter {name!r} in path {template!r}.")
+            raise ImproperlyConfigured(f"Duplicate parameter {name!r} in path {template!r}.")
         literal = template[position : found.start()]
         pattern += re.escape(literal) + f"(?P<{name}>{CONVERTORS[conv_name].regex})"
         fmt += literal.replace("{", "{{").replace("}", "}}") + "{" + name + "}"

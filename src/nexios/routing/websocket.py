@@ -302,13 +302,13 @@ class WSRouter:
         if path is None:
             given = ", ".join(sorted(params)) or "no parameters"
             raise NoMatchFound(f"No WebSocket route named {name!r} takes {given}.")
-        return path
+        return self.prefix + path
 
     def _url_path_for(self, name: str, params: dict[str, Any]) -> str | None:
         for route in self.routes:
             path = route.url_path_for(name, **params)
             if path is not None:
-                return self.prefix + path
+                return path
         for mount in self.mounts:
             names = set(mount.prefix.convertors)
             inner = mount.router._url_path_for(
@@ -316,7 +316,7 @@ class WSRouter:
             )
             if inner is not None and names <= set(params):
                 head = mount.prefix.format_path({k: params[k] for k in names})
-                return self.prefix + head + inner
+                return head + inner
         return None
 
     def iter_routes(self) -> list[tuple[str, WebsocketRoutes]]:
