@@ -206,7 +206,7 @@ async def test_websocket_echo():
 
     app = websocket_handler
 
-    async with TestClient(app) as client:  # noqa: SIM117 (seed 004, verbatim)
+    async with TestClient(app) as client:
         async with client.websocket_connect("/ws") as websocket:
             await websocket.send_text("Hello")
             response = await websocket.receive_text()
@@ -217,7 +217,7 @@ async def test_websocket_echo():
 async def test_websocket_json():
     app = ws_json
 
-    async with TestClient(app) as client:  # noqa: SIM117 (seed 004, verbatim)
+    async with TestClient(app) as client:
         async with client.websocket_connect("/api") as websocket:
             await websocket.send_json({"type": "ping"})
             response = await websocket.receive_json()
