@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeAlias, TypeVar
 
 from nexios.exceptions import (
@@ -45,6 +46,13 @@ def route_path(scope: Scope) -> str:
     return path or "/"
 
 
+def _check_middleware(middleware: Any) -> None:
+    """A middleware is ``async def mw(ws, call_next)`` or an ASGI middleware class."""
+    if inspect.isclass(middleware):
+        return
+    _check_async(middleware, "WebSocket middleware")
+
+
 def _check_async(fn: Callable[..., Any], what: str) -> None:
     target = getattr(fn, "__call__", None) if not inspect.isfunction(fn) else fn  # noqa: B004
     if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(target)):
@@ -74,6 +82,8 @@ class WebsocketRoutes:
             name = getattr(handler, "__name__", None) or type(handler).__name__
         self.name = name
         self.middleware: list[Middleware] = list(middleware or [])
+        for mw in self.middleware:
+            _check_middleware(mw)
         if isinstance(handler, WebSocketConsumer | type):
             # A consumer's own middleware runs after the route's.
             self.middleware.extend(getattr(handler, "middleware", ()))
@@ -230,8 +240,12 @@ class WSRouter:
     mount_ws_router = mount_router
 
     def add_ws_middleware(self, middleware: Middleware) -> None:
-        """Run ``middleware(ws, call_next)`` for every connection this router serves."""
-        _check_async(middleware, "WebSocket middleware")
+        """Run ``middleware(ws, call_next)`` for every connection this router serves.
+
+        An ASGI middleware class works too: nexios builds it as ``cls(app)`` and runs it
+        as an ASGI app around the rest of the chain.
+        """
+        _check_middleware(middleware)
         self.ws_middleware.append(middleware)
 
     def middleware(self, fn: F) -> F:
@@ -369,15 +383,9 @@ async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) ->
     middleware = [mw for router in chain for mw in router.ws_middleware]
     middleware.extend(route.middleware)
     listeners = _collect_listeners(chain)
-    endpoint = route.endpoint
-
-    async def run_handler() -> None:
-        if listeners:
-            await _run_with_events(ws, endpoint, listeners)
-        else:
-            await endpoint(ws)
-
-    call: Callable[[], Awaitable[Any]] = run_handler
+    if listeners:
+        ws.listeners = listeners
+    call: Callable[[], Awaitable[Any]] = partial(route.endpoint, ws)
     for mw in reversed(middleware):
         call = _wrap(mw, ws, call)
     try:
@@ -386,11 +394,15 @@ async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) ->
         await _handle_exception(ws, exc, chain)
     finally:
         await _finish(ws)
+        if listeners and ws.was_accepted:
+            await ws.emit("disconnect")
 
 
 def _wrap(
     mw: Middleware, ws: WebSocket, inner: Callable[[], Awaitable[Any]]
 ) -> Callable[[], Awaitable[Any]]:
+    if inspect.isclass(mw):
+        return _wrap_asgi(mw, ws, inner)
     called = False
 
     async def call_next(_ws: WebSocket | None = None) -> Any:
@@ -408,56 +420,27 @@ def _wrap(
     return run
 
 
+def _wrap_asgi(
+    cls: type[Any], ws: WebSocket, inner: Callable[[], Awaitable[Any]]
+) -> Callable[[], Awaitable[Any]]:
+    """Run an ASGI middleware class around the rest of the chain."""
+
+    async def downstream(scope: Scope, receive: Receive, send: Send) -> None:
+        ws.rebind(scope, receive, send)
+        await inner()
+
+    async def run() -> None:
+        await cls(downstream)(ws.scope, ws._receive, ws._send)
+
+    return run
+
+
 def _collect_listeners(chain: list[WSRouter]) -> dict[str, list[Listener]]:
     listeners: dict[str, list[Listener]] = {}
     for router in chain:
         for event, fns in router.listeners.items():
             listeners.setdefault(event, []).extend(fns)
     return listeners
-
-
-async def _emit(listeners: list[Listener], *args: Any) -> None:
-    for fn in listeners:
-        try:
-            await fn(*args)
-        except Exception:
-            logger.exception("WebSocket event listener %s failed", getattr(fn, "__qualname__", fn))
-
-
-async def _run_with_events(
-    ws: WebSocket,
-    endpoint: Callable[[WebSocket], Awaitable[Any]],
-    listeners: dict[str, list[Listener]],
-) -> None:
-    on_message = listeners.get("message")
-    if on_message:
-        original = ws._receive
-
-        async def receive_and_emit() -> Any:
-            message = await original()
-            if message["type"] == "websocket.receive":
-                data = message.get("text")
-                await _emit(on_message, ws, message.get("bytes") if data is None else data)
-            return message
-
-        ws._receive = receive_and_emit
-    on_connect = listeners.get("connect")
-    if on_connect:
-        original_send = ws._send
-
-        async def send_and_emit(message: Any) -> None:
-            await original_send(message)
-            if message["type"] == "websocket.accept":
-                ws._send = original_send
-                await _emit(on_connect, ws)
-
-        ws._send = send_and_emit
-    try:
-        await endpoint(ws)
-    finally:
-        on_disconnect = listeners.get("disconnect")
-        if on_disconnect and ws.application_state is not WebSocketState.CONNECTING:
-            await _emit(on_disconnect, ws)
 
 
 def _find_handler(exc: BaseException, chain: list[WSRouter]) -> ExceptionHandler | None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import orjson
@@ -28,6 +29,8 @@ __all__ = [
     "WebSocketException",
     "WebSocketState",
 ]
+
+logger = logging.getLogger("nexios.websockets")
 
 CONTROL_EXTENSION = "nexios.websocket.control"
 DEFLATE_EXTENSION = "nexios.websocket.permessage_deflate"
@@ -105,7 +108,9 @@ class WebSocket:
         "client_state",
         "close_code",
         "close_reason",
+        "listeners",
         "scope",
+        "was_accepted",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,6 +123,9 @@ class WebSocket:
         self.application_state = _CONNECTING
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        self.was_accepted = False
+        # Event listeners ("connect", "message", "disconnect") the router gathered.
+        self.listeners: dict[str, list[Callable[..., Awaitable[Any]]]] | None = None
         self._id: str | None = None
         self._state: ConnectionStorage | None = None
         self._headers: Headers | None = None
@@ -130,6 +138,15 @@ class WebSocket:
         self._data_waiter: asyncio.Future[Message | None] | None = None
         self._control_backlog: dict[str, deque[bytes]] = {}
         self._control_waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+
+    def rebind(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Use the scope and channels an ASGI middleware passed on (nexios does this)."""
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self._headers = None
+        self._query_params = None
+        self._state = None
 
     # ------------------------------------------------------------------ the scope
 
@@ -237,6 +254,9 @@ class WebSocket:
             message["nexios.permessage_deflate"] = True
         await self._send(message)
         self.application_state = _CONNECTED
+        self.was_accepted = True
+        if self.listeners:
+            await self.emit("connect")
 
     def enable_compression(self) -> bool:
         """Ask for permessage-deflate (RFC 7692) on this connection.
@@ -567,7 +587,22 @@ class WebSocket:
         if message["type"] == "websocket.disconnect":
             self._on_disconnect(message)
             raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
+        if self.listeners:
+            text = message.get("text")
+            await self.emit("message", message.get("bytes") if text is None else text)
         return message
+
+    async def emit(self, event: str, *args: Any) -> None:
+        """Call the ``event`` listeners with this WebSocket; a failing one is logged."""
+        for listener in (self.listeners or {}).get(event, ()):
+            try:
+                await listener(self, *args)
+            except Exception:
+                logger.exception(
+                    "WebSocket %r listener %s failed",
+                    event,
+                    getattr(listener, "__qualname__", listener),
+                )
 
     async def receive_text(self, timeout: float | None = None) -> str:
         """The next message, which must be text (else WebSocketUnsupportedData, code 1003)."""
