@@ -142,8 +142,17 @@ def test_handlers_get_path_parameters_by_name() -> None:
         await ws.accept()
         await ws.send_json(params)
 
+    @app.ws_route("/typed/{n}/{u}")
+    async def typed(ws: WebSocket, n: int, u: uuid.UUID) -> None:
+        await ws.accept()
+        await ws.send_json([n, type(n).__name__, type(u).__name__])
+
+    token = uuid.uuid4()
     with TestClient(app) as client:
         assert reply(client, "/rooms/3/users/ann") == [3, "int"]
+        # Annotations convert text parameters; a value that does not convert is a 404.
+        assert reply(client, f"/typed/7/{token}") == [7, "int", "UUID"]
+        assert refused(client, f"/typed/seven/{token}") == 404
         assert reply(client, "/all/x/y") == {"a": "x", "b": "y"}
 
 

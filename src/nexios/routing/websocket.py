@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeAlias, TypeVar
@@ -115,6 +116,8 @@ def _endpoint(handler: Handler) -> Callable[[WebSocket], Awaitable[Any]]:
         )
     _check_async(handler, "WebSocket handler")
     try:
+        signature = inspect.signature(handler, eval_str=True)
+    except NameError:  # an annotation that names something not importable here
         signature = inspect.signature(handler)
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return handler
@@ -127,14 +130,37 @@ def _endpoint(handler: Handler) -> Callable[[WebSocket], Awaitable[Any]]:
     )
     if not wanted and not takes_all:
         return handler
+    # A parameter the path gives as text but the handler annotates as int, float or UUID
+    # is converted; a value that does not convert makes the path not found (404).
+    conversions = {
+        p.name: _CONVERT_BY_ANNOTATION[p.annotation]
+        for p in parameters
+        if p.annotation in _CONVERT_BY_ANNOTATION
+    }
 
     async def with_params(ws: WebSocket) -> Any:
         params = ws.path_params
         if takes_all:
             return await handler(ws, **params)
-        return await handler(ws, **{name: params[name] for name in wanted if name in params})
+        kwargs = {name: params[name] for name in wanted if name in params}
+        for name, convert in conversions.items():
+            value = kwargs.get(name)
+            if isinstance(value, str):
+                try:
+                    kwargs[name] = convert(value)
+                except ValueError:
+                    await _refuse_unknown(ws)
+                    return None
+        return await handler(ws, **kwargs)
 
     return with_params
+
+
+_CONVERT_BY_ANNOTATION: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    uuid.UUID: uuid.UUID,
+}
 
 
 class _Mount:
@@ -359,7 +385,7 @@ class WSRouter:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = self.match(route_path(scope))
         if found is None:
-            await _refuse_unknown(scope, receive, send)
+            await _refuse_unknown(WebSocket(scope, receive, send))
             return
         route, params, chain = found
         scope["path_params"] = params
@@ -370,9 +396,8 @@ class WSRouter:
         return f"WSRouter(prefix={self.prefix!r}, routes={len(self.routes)})"
 
 
-async def _refuse_unknown(scope: Scope, receive: Receive, send: Send) -> None:
-    ws = WebSocket(scope, receive, send)
-    if HTTP_RESPONSE_EXTENSION in (scope.get("extensions") or {}):
+async def _refuse_unknown(ws: WebSocket) -> None:
+    if HTTP_RESPONSE_EXTENSION in (ws.scope.get("extensions") or {}):
         await ws.send_denial_response(404, "Not Found")
     else:
         await ws.close(1008, "Not Found")
