@@ -38,6 +38,16 @@ HTTP_RESPONSE_EXTENSION = "websocket.http.response"
 
 # Pings and pongs nobody has asked for yet are kept, but only the latest few.
 _CONTROL_BACKLOG = 16
+# A task waiting for a ping or pong reads past at most this many unread messages.
+_DATA_BACKLOG = 256
+# How long a failed send waits for the peer's close, which the server queued before.
+_PEER_GONE_WAIT = 0.05
+_KIND = {
+    "websocket.receive": "data",
+    "websocket.disconnect": "data",
+    "websocket.ping": "ping",
+    "websocket.pong": "pong",
+}
 
 # What a close before accept becomes when the server can send an HTTP response.
 _REFUSAL_STATUS = {1008: 403, 1011: 500, 1012: 503, 1013: 503, 1003: 400, 1009: 413}
@@ -91,11 +101,9 @@ class WebSocket:
     """
 
     __slots__ = (
-        "_control_backlog",
+        "_backlog",
         "_control_forwarded",
-        "_control_waiters",
-        "_data_backlog",
-        "_data_waiter",
+        "_final",
         "_headers",
         "_id",
         "_query_params",
@@ -103,6 +111,7 @@ class WebSocket:
         "_receive",
         "_send",
         "_state",
+        "_waiters",
         "_want_compression",
         "application_state",
         "client_state",
@@ -132,12 +141,13 @@ class WebSocket:
         self._query_params: QueryParams | None = None
         self._want_compression = False
         self._control_forwarded = False
-        # Receiving: see _next_data and _next_control.
+        # Receiving: see _next.
         self._reading = False
-        self._data_backlog: deque[Message] = deque()
-        self._data_waiter: asyncio.Future[Message | None] | None = None
-        self._control_backlog: dict[str, deque[bytes]] = {}
-        self._control_waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        # Messages read by one task for another kind of receive ("data", "ping", "pong"),
+        # the tasks waiting for each kind, and the peer's disconnect once it was read.
+        self._backlog: dict[str, deque[Message]] | None = None
+        self._waiters: dict[str, deque[asyncio.Future[Message | None]]] | None = None
+        self._final: Message | None = None
 
     def rebind(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Use the scope and channels an ASGI middleware passed on (nexios does this)."""
@@ -366,8 +376,7 @@ class WebSocket:
             await self._send(message)
         except OSError:
             # uvicorn raises ClientDisconnected (an OSError) when the peer is gone.
-            self._lost()
-            raise WebSocketDisconnect(1006, "connection lost") from None
+            raise await self._peer_gone() from None
 
     async def send(self, message: Message) -> None:
         """Send a raw ASGI message (``websocket.send`` or ``websocket.close``)."""
@@ -384,8 +393,7 @@ class WebSocket:
         try:
             await self._send({"type": "websocket.send", "text": data})
         except OSError:
-            self._lost()
-            raise WebSocketDisconnect(1006, "connection lost") from None
+            raise await self._peer_gone() from None
 
     async def send_bytes(self, data: bytes) -> None:
         if self.application_state is not _CONNECTED:
@@ -393,8 +401,7 @@ class WebSocket:
         try:
             await self._send({"type": "websocket.send", "bytes": data})
         except OSError:
-            self._lost()
-            raise WebSocketDisconnect(1006, "connection lost") from None
+            raise await self._peer_gone() from None
 
     async def send_json(self, data: Any, mode: Literal["text", "binary"] = "text") -> None:
         """Send ``data`` as JSON (orjson: dataclasses, datetimes and UUIDs work)."""
@@ -449,11 +456,26 @@ class WebSocket:
         self.close_code = message.get("code", 1005)
         self.close_reason = message.get("reason") or ""
 
-    def _lost(self) -> None:
-        self.client_state = _DISCONNECTED
+    async def _peer_gone(self) -> WebSocketDisconnect:
+        """A send found the peer gone: learn how it closed, for the error and close_code."""
         self.application_state = _DISCONNECTED
+        if self._final is None and not self._reading:
+            # The server queued the peer's close before failing the send: read up to it,
+            # keeping any message before it for a later receive.
+            try:
+                async with asyncio.timeout(_PEER_GONE_WAIT):
+                    while self._final is None:
+                        await self._read_one()
+            except TimeoutError:
+                pass
+        final = self._final
+        if final is None:
+            code, reason = 1006, "connection lost"
+        else:
+            code, reason = final.get("code", 1005), final.get("reason") or ""
         if self.close_code is None:
-            self.close_code, self.close_reason = 1006, "connection lost"
+            self.close_code, self.close_reason = code, reason
+        return WebSocketDisconnect(code, reason)
 
     def _check_can_receive(self) -> None:
         if self.client_state is _DISCONNECTED:
@@ -465,114 +487,94 @@ class WebSocket:
         if self.application_state is _RESPONSE:
             raise WebSocketStateError("The handshake was refused: there is nothing to receive.")
 
-    def _dispatch_control(self, message: Message) -> None:
-        kind = message["type"][10:]  # "websocket.ping" -> "ping"
-        payload: bytes = message.get("bytes") or b""
-        waiters = self._control_waiters.get(kind)
-        while waiters:
-            waiter = waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(payload)
-                return
-        backlog = self._control_backlog.get(kind)
-        if backlog is None:
-            backlog = self._control_backlog[kind] = deque(maxlen=_CONTROL_BACKLOG)
-        backlog.append(payload)
+    # One task at a time reads from the server. A task that wants another kind of
+    # message than the one read ("data" for messages and the disconnect, "ping", "pong")
+    # hands it to a task waiting for that kind, or keeps it in a backlog; when the reader
+    # is done, a waiting task takes over reading.
 
-    def _hand_over(self) -> None:
-        """The reading task stops: let a waiting task read from now on."""
-        waiter = self._data_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-            return
-        for waiters in self._control_waiters.values():
-            for control_waiter in waiters:
-                if not control_waiter.done():
-                    control_waiter.set_result(None)
+    async def _read_one(self) -> Message:
+        """Read one event from the server and route it; return it."""
+        self._reading = True
+        try:
+            message = await self._receive()
+        except BaseException:
+            self._reading = False
+            self._wake_one()
+            raise
+        self._reading = False
+        kind = message["type"]
+        if kind == "websocket.disconnect":
+            self._final = message
+            # Nothing more will come: everyone waiting re-checks and sees it.
+            for waiters in (self._waiters or {}).values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        elif kind != "websocket.receive" and kind != "websocket.ping" and kind != "websocket.pong":
+            raise WebSocketStateError(f"Unexpected ASGI message {kind!r} while receiving.")
+        return message
+
+    def _keep(self, message: Message) -> None:
+        """Give a message read for someone else to its waiter, or to the backlog."""
+        kind = _KIND[message["type"]]
+        if self._waiters is not None:
+            waiters = self._waiters.get(kind)
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(message)
+                    return
+        if self._backlog is None:
+            self._backlog = {}
+        backlog = self._backlog.get(kind)
+        if backlog is None:
+            maxlen = None if kind == "data" else _CONTROL_BACKLOG
+            backlog = self._backlog[kind] = deque(maxlen=maxlen)
+        backlog.append(message)
+
+    def _wake_one(self) -> None:
+        """The reading task stops reading: let one waiting task read from now on."""
+        for waiters in (self._waiters or {}).values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
                     return
 
-    async def _next_data(self) -> Message:
-        """The next websocket.receive or websocket.disconnect message.
-
-        One task at a time reads from the server; pings and pongs it meets go to the
-        tasks awaiting them (``receive_ping``/``receive_pong``) or to a short backlog.
-        """
-        if self._data_backlog:
-            return self._data_backlog.popleft()
+    async def _next(self, kind: str) -> Message:
+        """The next message of ``kind``: "data" (receive or disconnect), "ping" or "pong"."""
         while True:
-            if self._reading:
-                # A task in receive_ping/receive_pong is reading: it hands data over.
-                if self._data_waiter is not None:
-                    raise WebSocketStateError(
-                        "Two tasks are receiving from the same WebSocket at once: receive "
-                        "in one task and pass the messages on (e.g. with an asyncio.Queue)."
-                    )
+            if self._backlog is not None:
+                backlog = self._backlog.get(kind)
+                if backlog:
+                    return backlog.popleft()
+            if self._final is not None:
+                if kind == "data":
+                    return self._final
+                raise WebSocketDisconnect(
+                    self._final.get("code", 1005), self._final.get("reason") or ""
+                )
+            unread = len(self._backlog.get("data", ())) if self._backlog is not None else 0
+            if self._reading or (kind != "data" and unread >= _DATA_BACKLOG):
+                # Someone else reads (or too much unread data waits): wait to be handed
+                # a message, or to be asked to read.
+                if self._waiters is None:
+                    self._waiters = {}
+                waiters = self._waiters.setdefault(kind, deque())
                 waiter: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
-                self._data_waiter = waiter
+                waiters.append(waiter)
                 try:
                     handed = await waiter
                 finally:
-                    self._data_waiter = None
+                    if waiter in waiters:
+                        waiters.remove(waiter)
                 if handed is not None:
                     return handed
                 continue
-            self._reading = True
-            try:
-                message = await self._receive()
-            finally:
-                self._reading = False
-                if self._control_waiters:
-                    self._hand_over()
-            kind = message["type"]
-            if kind == "websocket.receive" or kind == "websocket.disconnect":
+            message = await self._read_one()
+            if _KIND[message["type"]] == kind:
+                self._wake_one()
                 return message
-            if kind == "websocket.ping" or kind == "websocket.pong":
-                self._dispatch_control(message)
-                continue
-            raise WebSocketStateError(f"Unexpected ASGI message {kind!r} while receiving.")
-
-    async def _next_control(self, kind: Literal["ping", "pong"]) -> bytes:
-        backlog = self._control_backlog.get(kind)
-        if backlog:
-            return backlog.popleft()
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._reading:
-                # Another task is reading; it dispatches the frame to us.
-                waiter: asyncio.Future[bytes | None] = loop.create_future()
-                waiters = self._control_waiters.setdefault(kind, [])
-                waiters.append(waiter)
-                try:
-                    payload = await waiter
-                finally:
-                    if waiter in waiters:
-                        waiters.remove(waiter)
-                    if not waiters:
-                        self._control_waiters.pop(kind, None)
-                if payload is not None:
-                    return payload
-                continue
-            # Nobody is reading: read ourselves, keeping data messages for receive_*.
-            self._reading = True
-            try:
-                message = await self._receive()
-            finally:
-                self._reading = False
-                self._hand_over()
-            message_type = message["type"]
-            if message_type == f"websocket.{kind}":
-                return bytes(message.get("bytes") or b"")
-            if message_type == "websocket.ping" or message_type == "websocket.pong":
-                self._dispatch_control(message)
-                continue
-            waiter_for_data = self._data_waiter
-            if waiter_for_data is not None and not waiter_for_data.done():
-                waiter_for_data.set_result(message)
-            else:
-                self._data_backlog.append(message)
-            if message_type == "websocket.disconnect":
-                self._on_disconnect(message)
-                raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
+            self._keep(message)
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message as the raw ASGI dict (``{"type": "websocket.receive", ...}``).
@@ -581,9 +583,9 @@ class WebSocket:
         """
         self._check_can_receive()
         if timeout is None:
-            message = await self._next_data()
+            message = await self._next("data")
         else:
-            message = await asyncio.wait_for(self._next_data(), timeout)
+            message = await asyncio.wait_for(self._next("data"), timeout)
         if message["type"] == "websocket.disconnect":
             self._on_disconnect(message)
             raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
@@ -644,16 +646,20 @@ class WebSocket:
         self._check_can_receive()
         await self._require_control("see the peer's pings")
         if timeout is None:
-            return await self._next_control("ping")
-        return await asyncio.wait_for(self._next_control("ping"), timeout)
+            message = await self._next("ping")
+        else:
+            message = await asyncio.wait_for(self._next("ping"), timeout)
+        return bytes(message.get("bytes") or b"")
 
     async def receive_pong(self, timeout: float | None = None) -> bytes:
         """The payload of the next Pong from the peer (e.g. the answer to send_ping)."""
         self._check_can_receive()
         await self._require_control("see the peer's pongs")
         if timeout is None:
-            return await self._next_control("pong")
-        return await asyncio.wait_for(self._next_control("pong"), timeout)
+            message = await self._next("pong")
+        else:
+            message = await asyncio.wait_for(self._next("pong"), timeout)
+        return bytes(message.get("bytes") or b"")
 
     async def iter_text(self) -> AsyncIterator[str]:
         """Text messages until the peer closes; then ``ws.close_code`` says how."""
