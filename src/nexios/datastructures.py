@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, overload
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
 from nexios.types import Scope
 
@@ -151,8 +151,10 @@ class URL:
     def __init__(self, url: str = "", *, scope: Scope | None = None) -> None:
         if scope is not None:
             scheme = scope.get("scheme", "http")
-            # ASGI (and uvicorn >= 0.26): "path" already starts with "root_path".
-            path = scope["path"]
+            # The path as the client sent it (percent-encoded); "path" is decoded. Both
+            # already start with "root_path" (ASGI, uvicorn >= 0.26).
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
             query = scope.get("query_string", b"").decode("latin-1")
             host = None
             for key, value in scope["headers"]:

@@ -242,6 +242,11 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             ):
                 self._settle_extensions(fields)
         await super().send(message)
+        if kind == "websocket.http.response.body" and not fields.get("more_body", False):
+            # The denial response is complete: that answers the handshake. uvicorn leaves
+            # the flag unset and then logs "returned without completing handshake" as an
+            # error for every refusal.
+            self.handshake_complete = True
 
     async def _send_control(self, kind: str, message: Mapping[str, Any]) -> None:
         data = message.get("bytes")
