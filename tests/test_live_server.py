@@ -1217,6 +1217,124 @@ async def test_consumer_class_with_json_encoding(live_server: Any) -> None:
         assert await within(ended.get()) == 1007
 
 
+# Middleware, events and exception handlers (real refusals, real close frames)
+
+
+async def test_token_auth_middleware_refuses_and_admits(live_server: Any) -> None:
+    from nexios.websockets.middleware import token_auth
+
+    async def verify(token: str) -> dict[str, str] | None:
+        return {"id": "u1"} if token == "secret" else None
+
+    app = NexiosApp()
+    router = WSRouter(prefix="/secure")
+    router.add_ws_middleware(token_auth(verify, user_id=lambda user: user["id"]))
+
+    @router.ws("/me")
+    async def me(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text(ws.id)
+
+    app.mount_ws_router(router)
+    async with live_server(app) as server:
+        response = await refused(server.ws + "/secure/me")
+        assert (response.status_code, response.body) == (403, b"Authentication required")
+        response = await refused(server.ws + "/secure/me?token=wrong")
+        assert (response.status_code, response.body) == (403, b"Invalid token")
+        headers = {"Authorization": "Bearer secret"}
+        async with client(server.ws + "/secure/me", additional_headers=headers) as ws:
+            assert await within(ws.recv()) == "u1"
+        assert server.errors == []
+
+
+async def test_middleware_order_events_and_handlers_on_a_real_server(live_server: Any) -> None:
+    calls: list[str] = []
+    app = NexiosApp()
+    router = WSRouter(prefix="/r")
+
+    async def app_mw(ws: WebSocket, call_next: Any) -> None:
+        calls.append("app")
+        await call_next()
+
+    async def route_mw(ws: WebSocket, next: Any) -> Any:
+        calls.append("route")
+        return await next(ws)
+
+    @router.middleware
+    async def router_mw(ws: WebSocket, call_next: Any) -> None:
+        calls.append("router")
+        await call_next()
+
+    @router.on("connect")
+    async def connected(ws: WebSocket) -> None:
+        calls.append("connect")
+
+    @router.on("message")
+    async def message(ws: WebSocket, data: Any) -> None:
+        calls.append(f"message {data}")
+
+    done: asyncio.Queue[int] = asyncio.Queue()
+
+    @router.on("disconnect")
+    async def disconnected(ws: WebSocket) -> None:
+        calls.append("disconnect")
+        done.put_nowait(ws.close_code or 0)
+
+    @router.exception_handler(KeyError)
+    async def missing(ws: WebSocket, exc: Exception) -> None:
+        await ws.close(4404, f"missing {exc}")
+
+    @router.ws("/chat", middleware=[route_mw])
+    async def chat(ws: WebSocket) -> None:
+        await ws.accept()
+        text = await ws.receive_text()
+        raise KeyError(text)
+
+    app.add_ws_middleware(app_mw)
+    app.mount_ws_router(router)
+    async with live_server(app) as server, client(server.ws + "/r/chat") as ws:
+        await ws.send("room")
+        assert await closed_by_server(ws) == (4404, "missing 'room'")
+        assert await within(done.get()) == 4404
+    assert calls == ["app", "router", "route", "connect", "message room", "disconnect"]
+
+
+async def test_exception_in_middleware_before_accept_is_a_500(live_server: Any) -> None:
+    async def broken(ws: WebSocket, call_next: Any) -> None:
+        raise RuntimeError("middleware bug")
+
+    app = NexiosApp()
+    app.add_ws_middleware(broken)
+    app.add_ws_route("/ws", echo_handler)
+    async with live_server(app) as server:
+        response = await refused(server.ws + "/ws")
+        assert response.status_code == 500
+        assert b"middleware bug" not in response.body
+
+
+async def echo_handler(ws: WebSocket) -> None:
+    await ws.accept()
+    async for text in ws.iter_text():
+        await ws.send_text(text)
+
+
+async def test_consumer_wrong_frame_type_closes_with_1003(live_server: Any) -> None:
+    class TextOnly(WebSocketConsumer):
+        encoding = "text"
+
+        async def on_receive(self, ws: WebSocket, data: Any) -> None:
+            await ws.send_text(data)
+
+    app = NexiosApp()
+    app.add_ws_route(TextOnly.as_route("/text"))
+    async with live_server(app) as server, client(server.ws + "/text") as ws:
+        await ws.send("fine")
+        assert await within(ws.recv()) == "fine"
+        await ws.send(b"\x00")
+        code, reason = await closed_by_server(ws)
+        assert (code, reason) == (1003, "Expected a text message, got a binary one.")
+
+
 # Lifespan
 
 
