@@ -5,24 +5,5 @@ It is the same package as :mod:`nexios.websockets` under another name.
 
 from __future__ import annotations
 
-from nexios.websockets import (
-    WebSocket,
-    WebSocketDisconnect,
-    WebSocketException,
-    WebSocketInvalidJSON,
-    WebSocketState,
-    WebSocketStateError,
-    WebSocketUnsupported,
-    WebSocketUnsupportedData,
-)
-
-__all__ = [
-    "WebSocket",
-    "WebSocketDisconnect",
-    "WebSocketException",
-    "WebSocketInvalidJSON",
-    "WebSocketState",
-    "WebSocketStateError",
-    "WebSocketUnsupported",
-    "WebSocketUnsupportedData",
-]
+from nexios.websockets import *  # noqa: F403
+from nexios.websockets import __all__ as __all__
