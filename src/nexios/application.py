@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
+from nexios.channels.brokers.base import Broker
+from nexios.channels.layer import ChannelLayer
 from nexios.config import WebSocketConfig
 from nexios.datastructures import State
 from nexios.exceptions import ImproperlyConfigured, NoMatchFound
@@ -58,15 +60,22 @@ class NexiosApp:
         lifespan: Lifespan | None = None,
         on_startup: Sequence[Hook] = (),
         on_shutdown: Sequence[Hook] = (),
+        broker: Broker | str | None = None,
         debug: bool = False,
     ) -> None:
         self.title = title
         self.debug = debug
-        self.websocket_config = websocket_config or WebSocketConfig()
+        self.websocket_config = config = websocket_config or WebSocketConfig()
         self.state = State()
         self.router = Router()
         self.router.not_found = self._not_found
+        # Groups and broadcasts. broker: a URL (memory://, redis://host:port/db) or a
+        # Broker; without one, $NEXIOS_BROKER_URL, else memory:// (one process).
+        self.channels = ChannelLayer(
+            broker, outbox_size=config.outbox_size, slow_consumer=config.slow_consumer
+        )
         self.ws_router = WSRouter()
+        self.ws_router.bind_channels(self.channels, "nexios:app")
         self._lifespan = lifespan
         self._startup: list[Hook] = list(on_startup)
         self._shutdown: list[Hook] = list(on_shutdown)
@@ -91,6 +100,7 @@ class NexiosApp:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
+            await self.channels.start()
             if self._lifespan is not None:
                 context = self._lifespan(self)
                 provided = await context.__aenter__()
@@ -120,6 +130,11 @@ class NexiosApp:
             except Exception as exc:
                 logger.exception("The lifespan context failed on exit")
                 failures.append(f"lifespan: {exc!r}")
+        try:
+            await self.channels.stop()
+        except Exception as exc:
+            logger.exception("The channel layer failed to stop")
+            failures.append(f"channels: {exc!r}")
         if failures:
             await send({"type": "lifespan.shutdown.failed", "message": "; ".join(failures)})
         else:
@@ -133,9 +148,10 @@ class NexiosApp:
         *,
         name: str | None = None,
         middleware: Sequence[Middleware] | None = None,
+        config: WebSocketConfig | None = None,
     ) -> Callable[[F], F]:
         """Decorator: serve WebSocket connections on ``path``."""
-        return self.ws_router.ws_route(path, name=name, middleware=middleware)
+        return self.ws_router.ws_route(path, name=name, middleware=middleware, config=config)
 
     websocket_route = ws_route
     ws = ws_route
@@ -147,11 +163,17 @@ class NexiosApp:
         *,
         name: str | None = None,
         middleware: Sequence[Middleware] | None = None,
+        config: WebSocketConfig | None = None,
     ) -> WebsocketRoutes:
-        return self.ws_router.add_ws_route(route, handler, name=name, middleware=middleware)
+        return self.ws_router.add_ws_route(
+            route, handler, name=name, middleware=middleware, config=config
+        )
 
     def mount_ws_router(self, router: WSRouter, prefix: str | None = None) -> None:
-        """Serve ``router``'s routes; ``prefix``, if given, replaces the router's own."""
+        """Serve ``router``'s routes; ``prefix``, if given, replaces the router's own.
+
+        The router gets the app's channel layer, for ``router.broadcast``.
+        """
         if not isinstance(router, WSRouter):
             raise ImproperlyConfigured(
                 f"mount_ws_router takes a WSRouter, got {type(router).__name__}; "
@@ -162,6 +184,14 @@ class NexiosApp:
     def add_ws_middleware(self, middleware: Middleware) -> None:
         """Run ``middleware(ws, call_next)`` for every WebSocket connection, first."""
         self.ws_router.add_ws_middleware(middleware)
+
+    async def broadcast(self, payload: Any, *, save_history: bool = False) -> int:
+        """Send ``payload`` to every WebSocket connection of the app, in every process."""
+        return await self.ws_router.broadcast(payload, save_history=save_history)
+
+    async def broadcast_to(self, ids: Any, payload: Any) -> int:
+        """Send ``payload`` to the connections whose ``ws.id`` is in ``ids``, anywhere."""
+        return await self.ws_router.broadcast_to(ids, payload)
 
     def on(self, event: str) -> Callable[[F], F]:
         """Listen to ``connect``, ``disconnect`` or ``message`` on every connection."""

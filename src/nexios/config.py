@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["WebSocketConfig"]
 
@@ -24,14 +25,28 @@ class WebSocketConfig:
         default: it nearly triples the memory each idle connection holds. A handler can
         still ask for it on one connection with ``ws.enable_compression()`` before
         ``accept()``.
+    outbox_size:
+        Messages that may wait to be sent to one connection (broadcasts, group sends).
+    slow_consumer:
+        What happens when a connection's outbox is full: ``"drop_oldest"`` (default),
+        ``"drop_newest"``, or ``"close"`` (close with 1013). See docs/channels.md.
     """
 
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     max_message_size: int = 1 << 20
     compression: bool = False
+    outbox_size: int = 256
+    slow_consumer: Literal["drop_oldest", "drop_newest", "close"] = "drop_oldest"
 
     def __post_init__(self) -> None:
+        if self.outbox_size < 1:
+            raise ValueError("outbox_size must be at least 1 message.")
+        if self.slow_consumer not in ("drop_oldest", "drop_newest", "close"):
+            raise ValueError(
+                f"slow_consumer is {self.slow_consumer!r}: use 'drop_oldest', "
+                "'drop_newest' or 'close'."
+            )
         if self.max_message_size <= 0:
             raise ValueError("max_message_size must be a positive number of bytes.")
         for name in ("ping_interval", "ping_timeout"):

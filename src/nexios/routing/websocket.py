@@ -10,10 +10,11 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
+from nexios.config import WebSocketConfig
 from nexios.exceptions import (
     ImproperlyConfigured,
     NoMatchFound,
@@ -24,6 +25,9 @@ from nexios.routing.paths import CompiledPath, compile_path
 from nexios.types import Receive, Scope, Send
 from nexios.websockets.base import HTTP_RESPONSE_EXTENSION, WebSocket, WebSocketState
 from nexios.websockets.consumers import WebSocketConsumer, path_of
+
+if TYPE_CHECKING:
+    from nexios.channels.layer import ChannelLayer
 
 __all__ = ["WSRouter", "WebSocketRoute", "WebsocketRoutes", "route_path"]
 
@@ -74,9 +78,12 @@ class WebsocketRoutes:
         handler: Handler,
         name: str | None = None,
         middleware: Sequence[Middleware] | None = None,
+        config: WebSocketConfig | None = None,
     ) -> None:
         if not path.startswith("/"):
             raise ImproperlyConfigured(f"WebSocket route paths must start with '/': got {path!r}.")
+        # Per-route settings (outbox size, slow-consumer policy); None: the app's.
+        self.config = config
         self.path = path
         self.compiled: CompiledPath = compile_path(path)
         if name is None:
@@ -200,6 +207,10 @@ class WSRouter:
         self.listeners: dict[str, list[Listener]] = {}
         self.exception_handlers: dict[type[BaseException], ExceptionHandler] = {}
         self._own_prefix = compile_path(self.prefix, prefix=True)
+        # Set when the router is mounted on an app: its layer, and the group every
+        # connection it serves (directly or through a mounted router) belongs to.
+        self.channels: ChannelLayer | None = None
+        self.channel_group: str | None = None
 
     # ------------------------------------------------------------------ registration
 
@@ -210,6 +221,7 @@ class WSRouter:
         *,
         name: str | None = None,
         middleware: Sequence[Middleware] | None = None,
+        config: WebSocketConfig | None = None,
     ) -> WebsocketRoutes:
         """Add ``WebsocketRoutes(...)``, a path and its handler, or a consumer.
 
@@ -218,13 +230,15 @@ class WSRouter:
         if isinstance(route, WebSocketConsumer) or (
             isinstance(route, type) and issubclass(route, WebSocketConsumer)
         ):
-            route = WebsocketRoutes(path_of(route), route, name=name, middleware=middleware)
+            route = WebsocketRoutes(
+                path_of(route), route, name=name, middleware=middleware, config=config
+            )
         elif isinstance(route, str):
             if handler is None:
                 raise ImproperlyConfigured(
                     f"add_ws_route({route!r}) needs a handler: add_ws_route(path, handler)."
                 )
-            route = WebsocketRoutes(route, handler, name=name, middleware=middleware)
+            route = WebsocketRoutes(route, handler, name=name, middleware=middleware, config=config)
         elif not isinstance(route, WebsocketRoutes):
             raise ImproperlyConfigured(
                 "add_ws_route takes WebsocketRoutes(path, handler) or (path, handler); "
@@ -240,11 +254,12 @@ class WSRouter:
         *,
         name: str | None = None,
         middleware: Sequence[Middleware] | None = None,
+        config: WebSocketConfig | None = None,
     ) -> Callable[[F], F]:
         """Decorator: serve ``path`` with the decorated async function."""
 
         def register(handler: F) -> F:
-            self.add_ws_route(path, handler, name=name, middleware=middleware)
+            self.add_ws_route(path, handler, name=name, middleware=middleware, config=config)
             return handler
 
         return register
@@ -262,6 +277,42 @@ class WSRouter:
         if prefix is not None and prefix and not prefix.startswith("/"):
             raise ImproperlyConfigured(f"A mount prefix must start with '/': got {prefix!r}.")
         self.mounts.append(_Mount(router.prefix if prefix is None else prefix, router))
+        if self.channels is not None and self.channel_group is not None:
+            router.bind_channels(self.channels, f"{self.channel_group}.{len(self.mounts) - 1}")
+
+    def bind_channels(self, layer: ChannelLayer, group: str) -> None:
+        """Give this router (and the routers mounted on it) the app's channel layer.
+
+        ``group`` names the router across processes; it derives from the mount order,
+        which is the same in every process that runs the same code.
+        """
+        if self.channels is not None:
+            return  # mounted twice: the first name stands
+        self.channels = layer
+        self.channel_group = group
+        for index, mount in enumerate(self.mounts):
+            mount.router.bind_channels(layer, f"{group}.{index}")
+
+    def _require_channels(self) -> ChannelLayer:
+        if self.channels is None:
+            raise ImproperlyConfigured(
+                "This router is not mounted on an app, so it has no channel layer: call "
+                "app.mount_ws_router(router) before broadcasting."
+            )
+        return self.channels
+
+    async def broadcast(self, payload: Any, *, save_history: bool = False) -> int:
+        """Send ``payload`` to every connection this router's routes serve, in every
+        process. str goes as text, bytes as binary, anything else as JSON. Returns how
+        many local connections it was queued for."""
+        layer = self._require_channels()
+        assert self.channel_group is not None
+        return await layer.publish(self.channel_group, payload, save_history=save_history)
+
+    async def broadcast_to(self, ids: Iterable[str], payload: Any) -> int:
+        """Send ``payload`` to the connections whose ``ws.id`` is in ``ids``, wherever
+        they are connected. Returns how many local connections it was queued for."""
+        return await self._require_channels().send_to(ids, payload)
 
     mount_ws_router = mount_router
 
@@ -410,6 +461,10 @@ async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) ->
     listeners = _collect_listeners(chain)
     if listeners:
         ws.listeners = listeners
+    layer = chain[0].channels
+    if layer is not None:
+        ws.channels = layer
+        ws._before_accept = partial(_register, layer, route, chain)
     call: Callable[[], Awaitable[Any]] = partial(route.endpoint, ws)
     for mw in reversed(middleware):
         call = _wrap(mw, ws, call)
@@ -419,8 +474,26 @@ async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) ->
         await _handle_exception(ws, exc, chain)
     finally:
         await _finish(ws)
+        if layer is not None:
+            await layer.unregister(ws)
         if listeners and ws.was_accepted:
             await ws.emit("disconnect")
+
+
+async def _register(
+    layer: ChannelLayer, route: WebsocketRoutes, chain: list[WSRouter], ws: WebSocket
+) -> Callable[[], None]:
+    """Before the accept goes out: the connection joins its routers' groups, so that a
+    client that sees the handshake complete is already reachable by broadcasts."""
+    config = route.config
+    outbox = await layer.register(
+        ws,
+        [router.channel_group for router in chain if router.channel_group is not None],
+        outbox_size=config.outbox_size if config is not None else None,
+        slow_consumer=config.slow_consumer if config is not None else None,
+        held=True,
+    )
+    return outbox.release
 
 
 def _wrap(

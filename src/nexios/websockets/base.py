@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -22,6 +22,9 @@ from nexios.exceptions import (
     WebSocketUnsupportedData,
 )
 from nexios.types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from nexios.channels.layer import ChannelLayer
 
 __all__ = [
     "WebSocket",
@@ -102,6 +105,7 @@ class WebSocket:
 
     __slots__ = (
         "_backlog",
+        "_before_accept",
         "_control_forwarded",
         "_final",
         "_headers",
@@ -114,6 +118,7 @@ class WebSocket:
         "_waiters",
         "_want_compression",
         "application_state",
+        "channels",
         "client_state",
         "close_code",
         "close_reason",
@@ -135,6 +140,10 @@ class WebSocket:
         self.was_accepted = False
         # Event listeners ("connect", "message", "disconnect") the router gathered.
         self.listeners: dict[str, list[Callable[..., Awaitable[Any]]]] | None = None
+        # The app's channel layer (groups, broadcast), and what to do as the handshake
+        # is accepted (returns what to call once the accept went out).
+        self.channels: ChannelLayer | None = None
+        self._before_accept: Callable[[WebSocket], Awaitable[Callable[[], None]]] | None = None
         self._id: str | None = None
         self._state: ConnectionStorage | None = None
         self._headers: Headers | None = None
@@ -262,9 +271,12 @@ class WebSocket:
             message["headers"] = [_header_pair(k, v) for k, v in items]
         if self._want_compression:
             message["nexios.permessage_deflate"] = True
+        release = await self._before_accept(self) if self._before_accept is not None else None
         await self._send(message)
         self.application_state = _CONNECTED
         self.was_accepted = True
+        if release is not None:
+            release()
         if self.listeners:
             await self.emit("connect")
 
@@ -684,6 +696,40 @@ class WebSocket:
                 yield await self.receive_json()
         except WebSocketDisconnect:
             pass
+
+    # ------------------------------------------------------------------ groups
+
+    def _layer(self) -> ChannelLayer:
+        if self.channels is None:
+            raise WebSocketStateError(
+                "This WebSocket has no channel layer: groups need a NexiosApp (serve the "
+                "route from one, e.g. app.add_ws_route(...) or app.mount_ws_router(...))."
+            )
+        return self.channels
+
+    async def join(
+        self, group: str, *, encoding: Literal["auto", "json", "text", "bytes"] = "auto"
+    ) -> None:
+        """Join ``group``: messages published to it reach this connection, from any process.
+
+        The connection leaves every group when it closes. ``encoding`` chooses how group
+        messages are sent to it: ``"auto"`` (str as text, bytes as binary, the rest as
+        JSON), or always ``"json"``, ``"text"`` or ``"bytes"``.
+        """
+        await self._layer().join(self, group, encoding=encoding)
+
+    async def leave(self, group: str) -> None:
+        """Leave ``group``."""
+        await self._layer().leave(self, group)
+
+    async def publish(self, group: str, payload: Any, *, exclude_self: bool = False) -> int:
+        """Send ``payload`` to every member of ``group`` (but this connection, if asked)."""
+        return await self._layer().publish(group, payload, exclude=self if exclude_self else None)
+
+    @property
+    def groups(self) -> set[str]:
+        """The groups this connection is in (its router groups included)."""
+        return self.channels.groups_of(self) if self.channels is not None else set()
 
     def __repr__(self) -> str:
         client = self.client

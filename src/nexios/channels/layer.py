@@ -1,0 +1,472 @@
+"""The channel layer: local groups, encode-once fan-out, and the broker between processes.
+
+::
+
+    publish(group, payload) ─┬─> encode once ─> local members' outboxes ─> writers ─> sockets
+                             └─> broker.publish ─> other processes' layers ─> their members
+
+Delivery is **at most once**. A message reaches the members of a group that are
+connected when it is fanned out, in each process that shares the broker; it is lost for
+a member whose outbox drops it (slow consumer, see ``outbox``), for a process the broker
+cannot reach at that moment, and for everybody elsewhere when the broker is down (the
+local members still get it). Each of these is counted in ``stats`` and logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from nexios.channels.brokers.base import Broker, BrokerUnavailable
+from nexios.channels.brokers.memory import MemoryBroker
+from nexios.channels.outbox import Outbox, SlowConsumerPolicy
+from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
+from nexios.types import Message
+
+if TYPE_CHECKING:
+    from nexios.websockets.base import WebSocket
+
+__all__ = ["ChannelLayer", "ChannelStats", "broker_from_url", "current_layer"]
+
+logger = logging.getLogger("nexios.channels")
+
+Encoding = Literal["auto", "json", "text", "bytes"]
+PayloadKind = Literal["json", "text", "bytes"]
+
+# Broker channel names: user groups, and the one channel for messages addressed by id.
+_GROUP = "g:"
+_DIRECT = "direct"
+
+
+def broker_from_url(url: str | None) -> Broker:
+    """The broker a URL names: ``memory://[name]`` or ``redis://host:port/db``."""
+    if not url:
+        return MemoryBroker()
+    scheme, _, rest = url.partition("://")
+    if scheme == "memory":
+        return MemoryBroker(rest)
+    if scheme in ("redis", "rediss", "unix"):
+        from nexios.channels.brokers.redis import RedisBroker
+
+        return RedisBroker(url)
+    raise ImproperlyConfigured(
+        f"Unknown broker URL {url!r}: use memory:// (one process) or redis://host:port/db."
+    )
+
+
+_current: ChannelLayer | None = None
+
+
+def current_layer() -> ChannelLayer:
+    """The layer of the app that started last in this process (for ``ChannelBox``)."""
+    if _current is None:
+        raise ImproperlyConfigured(
+            "No channel layer is running in this process: start the NexiosApp (its "
+            "lifespan starts app.channels), or add a channel to a group first."
+        )
+    return _current
+
+
+class ChannelStats:
+    """Counters of what the layer did and lost; a readiness probe or metrics can read them."""
+
+    __slots__ = (
+        "closed_slow",
+        "delivered",
+        "dropped",
+        "publish_failed",
+        "published",
+        "received_remote",
+    )
+
+    def __init__(self) -> None:
+        self.published = 0  # publish() calls
+        self.delivered = 0  # messages queued for local members
+        self.dropped = 0  # messages dropped by full outboxes
+        self.closed_slow = 0  # connections closed by the "close" policy
+        self.publish_failed = 0  # messages the broker could not take (other processes lost them)
+        self.received_remote = 0  # messages from other processes
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"ChannelStats({self.as_dict()})"
+
+
+def _encode(payload: Any) -> tuple[PayloadKind, bytes]:
+    """Encode a payload once: str as text, bytes as binary, anything else as JSON."""
+    if isinstance(payload, str):
+        return "text", payload.encode()
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return "bytes", bytes(payload)
+    return "json", orjson.dumps(payload)
+
+
+def _decode(kind: str, body: bytes) -> Any:
+    if kind == "json":
+        return orjson.loads(body)
+    if kind == "text":
+        return body.decode()
+    return body
+
+
+def _message(kind: str, body: bytes, encoding: str) -> Message:
+    """The ASGI message a member with ``encoding`` gets for a payload of ``kind``."""
+    if kind == "bytes" or encoding == "bytes":
+        return {"type": "websocket.send", "bytes": body}
+    if encoding == "json" and kind == "text":
+        return {"type": "websocket.send", "text": orjson.dumps(body.decode()).decode()}
+    return {"type": "websocket.send", "text": body.decode()}
+
+
+class ChannelLayer:
+    """Groups of connections, in this process and, through the broker, in all of them."""
+
+    def __init__(
+        self,
+        broker: Broker | str | None = None,
+        *,
+        outbox_size: int = 256,
+        slow_consumer: SlowConsumerPolicy = "drop_oldest",
+        history_size: int = 100,
+    ) -> None:
+        if broker is None:
+            broker = os.environ.get("NEXIOS_BROKER_URL") or None
+        self.broker: Broker = broker if isinstance(broker, Broker) else broker_from_url(broker)
+        self.outbox_size = outbox_size
+        self.slow_consumer: SlowConsumerPolicy = slow_consumer
+        self.history_size = history_size
+        self.origin = uuid.uuid4().hex
+        self.stats = ChannelStats()
+        self._groups: dict[str, dict[WebSocket, Outbox]] = {}
+        self._members: dict[WebSocket, Outbox] = {}
+        self._by_id: dict[str, set[Outbox]] = {}
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._publish_down = False
+
+    # ------------------------------------------------------------------ life
+
+    @property
+    def healthy(self) -> bool:
+        """Whether messages reach the other processes now (always True on memory://)."""
+        return self.broker.healthy
+
+    async def start(self) -> None:
+        """Connect the broker and start listening (the app does it at startup)."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.broker.start()
+            # Listen first: a broker confirms subscriptions through its listen loop.
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+            await asyncio.sleep(0)
+            await self.broker.subscribe(_DIRECT)
+            self._started = True
+            global _current
+            _current = self
+
+    async def stop(self) -> None:
+        """Close every outbox, stop listening and disconnect the broker."""
+        for outbox in list(self._members.values()):
+            outbox.close()
+        self._members.clear()
+        self._groups.clear()
+        self._by_id.clear()
+        if not self._started:
+            return
+        self._started = False
+        global _current
+        if _current is self:
+            _current = None
+        await self.broker.stop()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _listen(self) -> None:
+        async for channel, data in self.broker.listen():
+            try:
+                self._on_remote(channel, data)
+            except Exception:
+                logger.exception("Bad message on broker channel %r (%d bytes)", channel, len(data))
+
+    # ------------------------------------------------------------------ members
+
+    async def register(
+        self,
+        ws: WebSocket,
+        groups: Iterable[str] = (),
+        *,
+        outbox_size: int | None = None,
+        slow_consumer: SlowConsumerPolicy | None = None,
+        held: bool = False,
+    ) -> Outbox:
+        """Make a connection reachable: by its id, and in ``groups``.
+
+        ``held``: the connection is being accepted; messages wait until
+        ``outbox.release()``, so that no message can precede the accept.
+        """
+        await self.start()
+        outbox = self._members.get(ws)
+        if outbox is None:
+            outbox = Outbox(
+                ws,
+                outbox_size or self.outbox_size,
+                slow_consumer or self.slow_consumer,
+                self._report,
+                held=held,
+            )
+            self._members[ws] = outbox
+            outbox.member_id = ws.id
+            self._by_id.setdefault(outbox.member_id, set()).add(outbox)
+        for group in groups:
+            await self._add(outbox, group)
+        return outbox
+
+    async def unregister(self, ws: WebSocket) -> None:
+        """The connection is gone: leave every group, drop its outbox. O(its groups)."""
+        outbox = self._members.pop(ws, None)
+        if outbox is None:
+            return
+        outbox.close()
+        ids = self._by_id.get(outbox.member_id)
+        if ids is not None:
+            ids.discard(outbox)
+            if not ids:
+                del self._by_id[outbox.member_id]
+        for group in list(outbox.groups):
+            await self._remove(outbox, group)
+
+    async def join(self, ws: WebSocket, group: str, *, encoding: Encoding = "auto") -> None:
+        """Add an accepted connection to ``group`` (in every process sharing the broker)."""
+        outbox = self._members.get(ws)
+        if outbox is None:
+            from nexios.websockets.base import WebSocketState
+
+            if ws.application_state is not WebSocketState.CONNECTED:
+                raise WebSocketStateError(
+                    f'Cannot join {group!r}: call "await ws.accept()" first (a connection '
+                    "joins groups once it is accepted)."
+                )
+            outbox = await self.register(ws)
+        if encoding != "auto":
+            outbox.encoding = encoding
+        await self._add(outbox, group)
+
+    async def leave(self, ws: WebSocket, group: str) -> None:
+        outbox = self._members.get(ws)
+        if outbox is not None:
+            await self._remove(outbox, group)
+
+    async def _add(self, outbox: Outbox, group: str) -> None:
+        members = self._groups.get(group)
+        if members is None:
+            members = self._groups[group] = {}
+            members[outbox.ws] = outbox
+            outbox.groups.add(group)
+            # The first local member: this process now wants the group's messages.
+            await self.broker.subscribe(_GROUP + group)
+            return
+        members[outbox.ws] = outbox
+        outbox.groups.add(group)
+
+    async def _remove(self, outbox: Outbox, group: str) -> None:
+        outbox.groups.discard(group)
+        members = self._groups.get(group)
+        if members is None:
+            return
+        members.pop(outbox.ws, None)
+        if not members:
+            # The last local member left: stop receiving the group's messages.
+            del self._groups[group]
+            await self.broker.unsubscribe(_GROUP + group)
+
+    def _report(self, outbox: Outbox, event: str) -> None:
+        if event == "dropped":
+            self.stats.dropped += 1
+        elif event == "closed_slow":
+            self.stats.closed_slow += 1
+            self._forget(outbox)
+        elif event == "gone":
+            self._forget(outbox)
+
+    def _forget(self, outbox: Outbox) -> None:
+        """Stop fanning out to a member the writer found unreachable (synchronously).
+
+        Its groups are left for real, and emptied groups unsubscribed, when the
+        connection's handler ends (``unregister``).
+        """
+        outbox.closed = True
+        for group in outbox.groups:
+            members = self._groups.get(group)
+            if members is not None:
+                members.pop(outbox.ws, None)
+
+    # ------------------------------------------------------------------ sending
+
+    def _fan_out(self, group: str, kind: str, body: bytes, exclude: WebSocket | None) -> int:
+        members = self._groups.get(group)
+        if not members:
+            return 0
+        messages: dict[str, Message] = {}
+        delivered = 0
+        for ws, outbox in list(members.items()):  # a snapshot: members may leave meanwhile
+            if ws is exclude:
+                continue
+            message = messages.get(outbox.encoding)
+            if message is None:
+                message = messages[outbox.encoding] = _message(kind, body, outbox.encoding)
+            if outbox.push(message):
+                delivered += 1
+        self.stats.delivered += delivered
+        return delivered
+
+    async def publish(
+        self,
+        group: str,
+        payload: Any,
+        *,
+        exclude: WebSocket | None = None,
+        save_history: bool = False,
+    ) -> int:
+        """Send ``payload`` to every member of ``group``, in every process.
+
+        ``str`` goes as a text message, ``bytes`` as binary, anything else as JSON
+        (encoded once). Returns how many local members it was queued for; the local
+        members get it even when the broker is down.
+        """
+        await self.start()
+        kind, body = _encode(payload)
+        self.stats.published += 1
+        delivered = self._fan_out(group, kind, body, exclude)
+        if self.broker.shared:
+            await self._publish_remote(_GROUP + group, {"k": kind}, body)
+        if save_history:
+            await self._save(group, kind, body)
+        return delivered
+
+    async def send_to(self, ids: Iterable[str], payload: Any) -> int:
+        """Send ``payload`` to the connections whose ``ws.id`` is in ``ids``, wherever."""
+        await self.start()
+        targets = list(dict.fromkeys(str(i) for i in ids))
+        kind, body = _encode(payload)
+        self.stats.published += 1
+        delivered = self._deliver_ids(targets, kind, body)
+        if self.broker.shared:
+            await self._publish_remote(_DIRECT, {"k": kind, "i": targets}, body)
+        return delivered
+
+    def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
+        delivered = 0
+        for member_id in ids:
+            for outbox in list(self._by_id.get(member_id, ())):
+                if outbox.push(_message(kind, body, outbox.encoding)):
+                    delivered += 1
+        self.stats.delivered += delivered
+        return delivered
+
+    async def _publish_remote(self, channel: str, header: dict[str, Any], body: bytes) -> None:
+        header["o"] = self.origin
+        data = orjson.dumps(header) + b"\n" + body
+        try:
+            await self.broker.publish(channel, data)
+        except (BrokerUnavailable, OSError) as exc:
+            self.stats.publish_failed += 1
+            if not self._publish_down:
+                self._publish_down = True
+                logger.warning(
+                    "Broker unavailable (%s): messages reach this process's members only "
+                    "until it is back.",
+                    exc,
+                )
+            return
+        if self._publish_down:
+            self._publish_down = False
+            logger.info("Broker available again: messages reach every process.")
+
+    def _on_remote(self, channel: str, data: bytes) -> None:
+        head, _, body = data.partition(b"\n")
+        header = orjson.loads(head)
+        if header.get("o") == self.origin:
+            return  # our own message, already delivered locally
+        self.stats.received_remote += 1
+        kind = header["k"]
+        if channel == _DIRECT:
+            self._deliver_ids(header["i"], kind, body)
+        elif channel.startswith(_GROUP):
+            self._fan_out(channel[len(_GROUP) :], kind, body, None)
+
+    # ------------------------------------------------------------------ history
+
+    async def _save(self, group: str, kind: str, body: bytes) -> None:
+        try:
+            await self.broker.add_history(
+                _GROUP + group, kind.encode() + b"\n" + body, self.history_size
+            )
+        except (BrokerUnavailable, OSError) as exc:
+            logger.warning("Could not save history of %r: %s", group, exc)
+
+    async def history(self, group: str, count: int | None = None) -> list[dict[str, Any]]:
+        """The group's saved messages, oldest first: ``{"id", "timestamp", "payload"}``."""
+        await self.start()
+        entries = await self.broker.history(_GROUP + group, count)
+        saved = []
+        for entry in entries:
+            kind, _, body = entry.data.partition(b"\n")
+            saved.append(
+                {
+                    "id": entry.id,
+                    "timestamp": entry.timestamp,
+                    "payload": _decode(kind.decode(), body),
+                }
+            )
+        return saved
+
+    async def clear_history(self, group: str | None = None) -> None:
+        await self.start()
+        await self.broker.clear_history(None if group is None else _GROUP + group)
+
+    # ------------------------------------------------------------------ views
+
+    def groups(self) -> dict[str, int]:
+        """Each group with local members, and how many."""
+        return {group: len(members) for group, members in self._groups.items()}
+
+    def members(self, group: str) -> list[WebSocket]:
+        """The local connections in ``group``."""
+        return list(self._groups.get(group, ()))
+
+    def groups_of(self, ws: WebSocket) -> set[str]:
+        outbox = self._members.get(ws)
+        return set(outbox.groups) if outbox is not None else set()
+
+    def outbox_of(self, ws: WebSocket) -> Outbox | None:
+        return self._members.get(ws)
+
+    async def flush_groups(self) -> None:
+        """Empty every group in this process (connections stay open)."""
+        for group, members in list(self._groups.items()):
+            for outbox in list(members.values()):
+                await self._remove(outbox, group)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChannelLayer {type(self.broker).__name__} groups={len(self._groups)} "
+            f"members={len(self._members)} healthy={self.healthy}>"
+        )

@@ -1,0 +1,180 @@
+"""A connection's outbox: the bounded queue between fan-out and the socket.
+
+Fan-out only appends to outboxes, which never blocks; each outbox has its own writer
+task that sends in order. A client that reads slowly fills its own outbox and nobody
+else's. When an outbox is full, its policy decides:
+
+- ``"drop_oldest"`` (default): drop the oldest waiting message, keep the new one: a slow
+  reader sees the latest state;
+- ``"drop_newest"``: drop the new message, keep what waits;
+- ``"close"``: close the connection with 1013 (try again later) and drop what waits.
+
+Every drop and close is counted (on the outbox and in the layer's stats) and logged once
+per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, get_args
+
+from nexios.types import Message
+
+if TYPE_CHECKING:
+    from nexios.websockets.base import WebSocket
+
+__all__ = ["POLICIES", "Outbox", "SlowConsumerPolicy"]
+
+logger = logging.getLogger("nexios.channels")
+
+SlowConsumerPolicy = Literal["drop_oldest", "drop_newest", "close"]
+POLICIES: tuple[str, ...] = get_args(SlowConsumerPolicy)
+
+SLOW_CONSUMER_CLOSE = (1013, "Slow consumer: too many messages waiting")
+
+
+class Outbox:
+    """The messages waiting to be sent to one connection, and the task sending them."""
+
+    __slots__ = (
+        "_report",
+        "_task",
+        "_waiter",
+        "closed",
+        "dropped",
+        "encoding",
+        "groups",
+        "held",
+        "maxsize",
+        "member_id",
+        "policy",
+        "queue",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        maxsize: int,
+        policy: SlowConsumerPolicy,
+        report: Callable[[Outbox, str], None],
+        encoding: str = "auto",
+        held: bool = False,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError("outbox_size must be at least 1.")
+        if policy not in POLICIES:
+            raise ValueError(f"Unknown slow-consumer policy {policy!r}: use one of {POLICIES}.")
+        self.ws = ws
+        self.maxsize = maxsize
+        self.policy = policy
+        self.encoding = encoding
+        self.queue: deque[Message] = deque()
+        self.groups: set[str] = set()
+        self.member_id = ""
+        # Held: messages queue up but nothing is sent until release() (the handshake
+        # is being answered).
+        self.held = held
+        self.dropped = 0
+        self.closed = False
+        # Called with "dropped", "closed_slow" or "gone" (the connection cannot be sent to).
+        self._report = report
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, message: Message) -> bool:
+        """Queue ``message``; never blocks. False if it was dropped (or the outbox closed)."""
+        if self.closed:
+            return False
+        queue = self.queue
+        if len(queue) >= self.maxsize:
+            return self._full(message)
+        queue.append(message)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._task is None and not self.held:
+            self._task = asyncio.get_running_loop().create_task(self._write())
+        return True
+
+    def release(self) -> None:
+        """Start sending (the connection is accepted)."""
+        self.held = False
+        if self.queue and self._task is None and not self.closed:
+            self._task = asyncio.get_running_loop().create_task(self._write())
+
+    def _full(self, message: Message) -> bool:
+        self.dropped += 1
+        if self.policy == "close":
+            self._close_slow()
+            return False
+        self._report(self, "dropped")
+        if self.dropped == 1:
+            logger.warning(
+                "WebSocket %s (%s) reads too slowly: its outbox of %d is full; "
+                "dropping the %s messages from now on (policy %r).",
+                self.ws.id,
+                self.ws.scope.get("path"),
+                self.maxsize,
+                "oldest" if self.policy == "drop_oldest" else "newest",
+                self.policy,
+            )
+        if self.policy == "drop_oldest":
+            self.queue.popleft()
+            self.queue.append(message)
+            return True
+        return False
+
+    def _close_slow(self) -> None:
+        logger.warning(
+            "WebSocket %s (%s) reads too slowly: its outbox of %d is full; closing it "
+            "with 1013 (policy 'close').",
+            self.ws.id,
+            self.ws.scope.get("path"),
+            self.maxsize,
+        )
+        self._report(self, "closed_slow")
+        self.close()
+        asyncio.get_running_loop().create_task(self._send_close())
+
+    async def _send_close(self) -> None:
+        try:
+            await self.ws.close(*SLOW_CONSUMER_CLOSE)
+        except Exception:  # the peer is gone too; keepalive will reap the socket
+            logger.debug("Could not close slow WebSocket %s", self.ws.id, exc_info=True)
+
+    async def _write(self) -> None:
+        queue = self.queue
+        send = self.ws._send
+        ws = self.ws
+        connected = ws.application_state.CONNECTED
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while queue:
+                    if ws.application_state is not connected:
+                        self._report(self, "gone")
+                        return
+                    await send(queue.popleft())
+                waiter = self._waiter = loop.create_future()
+                await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The peer went away (uvicorn: ClientDisconnected) or the app closed it.
+            self.closed = True
+            self.queue.clear()
+            self._report(self, "gone")
+
+    def close(self) -> None:
+        """Stop sending: drop what waits and end the writer task."""
+        self.closed = True
+        self.queue.clear()
+        task, self._task = self._task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
