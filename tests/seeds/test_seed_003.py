@@ -304,7 +304,6 @@ def test_websocket_groups():
 # Seed 003, "WebSocket Broadcasting": ``WSRouter.broadcast`` / ``broadcast_to``.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4: channels")
 async def test_websocket_broadcasting():
     ws_router = WSRouter()
     chat_group = WSRouter(prefix="/chat")
