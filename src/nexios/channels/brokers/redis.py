@@ -136,6 +136,9 @@ class RedisBroker(Broker):
         )
         self._slots = asyncio.Semaphore(max_connections)
         self._commands_down = False  # the last command found Redis unreachable
+        # After an outage the pooled command connections are dead sockets that redis-py
+        # 8 does not always notice: the next command drops them first.
+        self._stale_commands = False
         self._probing = False  # a command is finding out whether it still is
         self._last_error = ""
         # One connection at a time, but a plain pool: a reconnection never waits for
@@ -422,6 +425,9 @@ class RedisBroker(Broker):
                     )
                 self._probing = True
             try:
+                if self._stale_commands:
+                    self._stale_commands = False
+                    await self._client.connection_pool.disconnect(inuse_connections=False)
                 result = await operation()
             except _UNREACHABLE as exc:
                 self._commands_down, self.healthy = True, False
@@ -484,6 +490,7 @@ class RedisBroker(Broker):
 
     def _mark_outage(self, exc: BaseException) -> None:
         self.healthy = False
+        self._stale_commands = True
         self._release_confirmations()
         if not self._outage:
             self._outage = True

@@ -1,0 +1,519 @@
+"""Two real nexios server processes sharing a private Redis: rooms across processes, and
+what a user notices when Redis restarts mid-stream.
+
+Each test starts its own ``redis-server`` on a free port of 127.0.0.1 (in a temporary
+directory, nothing saved), then two ``nexios run tests.cluster_app:app`` processes with
+``NEXIOS_BROKER_URL`` pointing at it, and talks to them as a user would: ``websockets``
+clients on ``/rooms/{room}``, ``httpx`` for ``POST /rooms/{room}/publish`` and the
+``GET /health`` readiness probe. Every wait polls up to a deadline; that a message did
+*not* arrive is proven by a later marker message arriving first, never by a sleep.
+Everything is stopped in ``finally`` (servers with SIGTERM, killed if they hang), and each
+server's output goes to a file that failure messages quote.
+
+No ``redis-server`` on PATH: skipped, except in CI (``CI=true``) where it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "tests.cluster_app:app"
+STARTUP_DEADLINE = 10.0  # a server answers GET /health within this
+STOP_DEADLINE = 10.0  # a server exits this long after SIGTERM, else it is killed
+DEADLINE = 5.0  # any other wait
+OUTAGE_DETECTED = 3.0  # both servers report broker_healthy: false this soon after the kill
+OUTAGE = 2.5  # seconds Redis stays down mid-stream: the reconnection backoff reaches its cap
+RECOVERED = 4.0  # ... and true again this soon after the restart (backoff caps at 2 s)
+STREAM_INTERVAL = 0.02  # seconds between two messages of the numbered stream
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, killed and restarted on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Run redis-server; return once it answers PING."""
+        self.process = await asyncio.create_subprocess_exec(
+            "redis-server",
+            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.2)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        try:
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except (RedisError, OSError):
+                    if loop.time() > deadline or self.process.returncode is not None:
+                        raise
+                    await asyncio.sleep(0.01)
+        finally:
+            await client.aclose()
+
+    async def kill(self) -> None:
+        """SIGKILL: connections drop at once, nothing is flushed."""
+        if self.process is not None:
+            if self.process.returncode is None:
+                self.process.kill()
+            await self.process.wait()
+        self.process = None
+
+
+class Server:
+    """``nexios run tests.cluster_app:app`` in a process of its own."""
+
+    def __init__(self, name: str, broker_url: str, directory: Path) -> None:
+        self.name = name
+        self.broker_url = broker_url
+        self.log_path = directory / f"server-{name}.log"
+        self.port = 0
+        self.process: asyncio.subprocess.Process | None = None
+        self.returncode: int | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def start(self, http: httpx.AsyncClient) -> None:
+        """Start the process; return once ``GET /health`` answers 200."""
+        for _ in range(3):  # free_port() can race with another process: pick again
+            self.port = free_port()
+            env = {**os.environ, "NEXIOS_BROKER_URL": self.broker_url, "PYTHONUNBUFFERED": "1"}
+            with self.log_path.open("ab") as log:
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    *("-m", "nexios", "run", APP),
+                    *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"),
+                    cwd=ROOT,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            if await self._ready(http):
+                return
+            if "address already in use" not in self.log().lower():
+                break
+        pytest.fail(f"Server {self.name} did not start.\n{self.log()}", pytrace=False)
+
+    async def _ready(self, http: httpx.AsyncClient) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while time.monotonic() < deadline:
+            if self.process.returncode is not None:
+                await self.process.wait()
+                return False
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(self.http + "/health", timeout=1)).status_code == 200:
+                    return True
+            await asyncio.sleep(0.02)
+        await self.stop()
+        return False
+
+    async def stop(self) -> float:
+        """SIGTERM, wait (bounded), SIGKILL if need be; how long it took to exit."""
+        process, self.process = self.process, None
+        if process is None:
+            return 0.0
+        started = time.monotonic()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_DEADLINE)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+                with self.log_path.open("a") as log:
+                    log.write(f"\n[test] killed: no exit {STOP_DEADLINE} s after SIGTERM\n")
+        self.returncode = process.returncode
+        return time.monotonic() - started
+
+    async def health(self, http: httpx.AsyncClient) -> dict[str, Any]:
+        response = await http.get(self.http + "/health", timeout=2)
+        assert response.status_code == 200, response.text
+        health: dict[str, Any] = response.json()
+        return health
+
+    async def publish(self, http: httpx.AsyncClient, room: str, payload: Any) -> int:
+        """POST the payload to the room; the number of this server's members it reached."""
+        response = await http.post(f"{self.http}/rooms/{room}/publish", json=payload, timeout=5)
+        assert response.status_code == 200, response.text
+        local: int = response.json()["local"]
+        return local
+
+
+@dataclass
+class Member:
+    """A WebSocket client in a room; a task collects every message it receives."""
+
+    name: str
+    conn: ClientConnection
+    received: list[Any] = field(default_factory=list)
+    closed: ConnectionClosed | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.conn:
+                self.received.append(json.loads(message))
+        except ConnectionClosed as exc:
+            self.closed = exc
+
+    def numbers(self, sender: str) -> list[int]:
+        """The ``n`` of the stream messages from *sender*, in the order received."""
+        return [m["n"] for m in self.received if m.get("from") == sender and "n" in m]
+
+
+@dataclass
+class Cluster:
+    redis: PrivateRedis
+    a: Server
+    b: Server
+    http: httpx.AsyncClient
+    stack: contextlib.AsyncExitStack
+
+    def logs(self) -> str:
+        return "".join(
+            f"\n----- server {s.name} (port {s.port}) output -----\n{s.log()}"
+            for s in (self.a, self.b)
+        )
+
+    async def wait(self, condition: Callable[[], Awaitable[bool] | bool], what: str) -> float:
+        """Poll *condition* (sync or async) every 10 ms up to DEADLINE; seconds it took."""
+        started = time.monotonic()
+        while True:
+            result = condition()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return time.monotonic() - started
+            if time.monotonic() - started > DEADLINE:
+                pytest.fail(f"Not {what} after {DEADLINE} s.{self.logs()}", pytrace=False)
+            await asyncio.sleep(0.01)
+
+    async def join(self, server: Server, room: str, name: str) -> Member:
+        """Connect to ``/rooms/{room}``; return once the "joined" message arrived."""
+        conn = await self.stack.enter_async_context(
+            connect(f"{server.ws}/rooms/{room}", open_timeout=DEADLINE, close_timeout=2)
+        )
+        try:
+            first = json.loads(await asyncio.wait_for(conn.recv(), DEADLINE))
+        except (TimeoutError, ConnectionClosed) as exc:
+            pytest.fail(f"{name}: no 'joined' message ({exc!r}).{self.logs()}", pytrace=False)
+        assert first == {"type": "joined", "room": room}, self.logs()
+        member = Member(name, conn)
+        member.task = asyncio.create_task(member._read())
+        self.stack.push_async_callback(_finish, member)
+        return member
+
+    async def healthy(self) -> tuple[bool, bool]:
+        a, b = await asyncio.gather(self.a.health(self.http), self.b.health(self.http))
+        return a["broker_healthy"], b["broker_healthy"]
+
+
+async def _finish(member: Member) -> None:
+    if member.task is not None:
+        member.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await member.task
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A private redis-server and two servers A and B sharing it, all stopped afterwards."""
+    if shutil.which("redis-server") is None:
+        reason = "redis-server is not on PATH (apt-get install redis-server)"
+        if _in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    async with contextlib.AsyncExitStack() as stack:
+        redis = PrivateRedis(tmp_path)
+        stack.push_async_callback(redis.kill)
+        await redis.start()
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        a, b = Server("A", redis.url, tmp_path), Server("B", redis.url, tmp_path)
+        stack.push_async_callback(b.stop)
+        stack.push_async_callback(a.stop)
+        await asyncio.gather(a.start(http), b.start(http))
+        # Clients (entered later) close before the servers stop, and those before Redis.
+        cluster = Cluster(redis, a, b, http, stack)
+        try:
+            yield cluster
+        finally:
+            # Shown by pytest only when the test fails.
+            print(cluster.logs())
+
+
+# Rooms across processes.
+
+
+async def test_a_room_spans_both_servers(cluster: Cluster) -> None:
+    a, b, http = cluster.a, cluster.b, cluster.http
+    assert await cluster.healthy() == (True, True), cluster.logs()
+    on_a = await cluster.join(a, "lobby", "lobby@A")
+    on_b = await cluster.join(b, "lobby", "lobby@B")
+    other_a = await cluster.join(a, "other", "other@A")
+    other_b = await cluster.join(b, "other", "other@B")
+
+    # A publish reaches the members of both processes; the local count is this process's.
+    assert await a.publish(http, "lobby", {"from": "A", "n": 1}) == 1
+    await cluster.wait(lambda: len(on_b.received) == 1, "received by the client on B")
+    assert await b.publish(http, "lobby", {"from": "B", "n": 2}) == 1
+    await cluster.wait(lambda: len(on_a.received) == 2, "received by the client on A")
+    assert on_a.received == [{"from": "A", "n": 1}, {"from": "B", "n": 2}], cluster.logs()
+    assert on_b.received == on_a.received, cluster.logs()
+
+    # The other room got none of it: a marker sent after arrives first, on both servers.
+    # (Each server delivers a group's messages in the order its broker connection got
+    # them, and the lobby messages reached Redis before the marker did.)
+    assert await b.publish(http, "other", {"marker": True}) == 1
+    await cluster.wait(lambda: bool(other_a.received and other_b.received), "marker received")
+    assert other_a.received == [{"marker": True}], cluster.logs()
+    assert other_b.received == [{"marker": True}], cluster.logs()
+    assert on_a.received == on_b.received == [{"from": "A", "n": 1}, {"from": "B", "n": 2}]
+
+    health_a, health_b = await a.health(http), await b.health(http)
+    assert health_a["stats"]["received_remote"] == 2  # B's lobby message and the marker
+    assert health_b["stats"]["received_remote"] == 1  # A's lobby message
+    assert health_a["stats"]["publish_failed"] == health_b["stats"]["publish_failed"] == 0
+
+
+# Redis restarts mid-stream.
+
+
+@dataclass
+class Sent:
+    n: int
+    started: float  # time.monotonic() before the POST
+    done: float  # ... once it answered
+
+
+async def stream(server: Server, http: httpx.AsyncClient, stop: asyncio.Event) -> list[Sent]:
+    """POST {"from": name, "n": 0, 1, ...} to the lobby every STREAM_INTERVAL until *stop*."""
+    sent: list[Sent] = []
+    while not stop.is_set():
+        started = time.monotonic()
+        local = await server.publish(http, "lobby", {"from": server.name, "n": len(sent)})
+        # Local delivery never depends on Redis: one member here, always reached.
+        assert local == 1, f"message {len(sent)} reached {local} local members"
+        sent.append(Sent(len(sent), started, time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STREAM_INTERVAL)
+    return sent
+
+
+async def test_redis_restart_mid_stream(cluster: Cluster) -> None:
+    """Both servers stream numbered messages to the lobby while Redis dies and comes back."""
+    a, b, http, redis = cluster.a, cluster.b, cluster.http, cluster.redis
+    on_a = await cluster.join(a, "lobby", "lobby@A")
+    on_b = await cluster.join(b, "lobby", "lobby@B")
+    clients = {"A": on_a, "B": on_b}
+
+    stop = asyncio.Event()
+    publishers = {s.name: asyncio.create_task(stream(s, http, stop)) for s in (a, b)}
+
+    def died() -> bool:  # a publisher failed: stop waiting, its error is raised below
+        return any(task.done() for task in publishers.values())
+
+    def streamed(count: int) -> bool:
+        """Each client got at least *count* messages from its own server (or a task died)."""
+        return died() or all(len(clients[name].numbers(name)) >= count for name in clients)
+
+    try:
+        # Before: the streams flow both ways.
+        await cluster.wait(
+            lambda: all(len(c.numbers(other)) >= 10 for c, other in ((on_a, "B"), (on_b, "A"))),
+            "streaming both ways",
+        )
+        caught_up = {"A": on_b.numbers("A")[-1], "B": on_a.numbers("B")[-1]}
+
+        await redis.kill()
+        killed = time.monotonic()
+        outage_seen = await cluster.wait(
+            lambda: _both(cluster, False), "broker_healthy false on both servers"
+        )
+        # Let the streams run with Redis down, long enough for the reconnection backoff
+        # to reach its cap (0.05 s doubling to 2 s: about 1.5 to 3 s of retries).
+        await cluster.wait(
+            lambda: died() or time.monotonic() - killed > OUTAGE,
+            "streaming while down",
+        )
+        # A client joins a new room on B during the outage: B must subscribe it later.
+        late = await cluster.join(b, "late", "late@B")
+
+        restarting = time.monotonic()
+        await redis.start()  # the same port
+        restart_took = time.monotonic() - restarting
+        recovery = await cluster.wait(lambda: _both(cluster, True), "healthy again on both")
+        recovered = time.monotonic()
+        marks = {name: len(clients[name].numbers(name)) for name in clients}
+        await cluster.wait(lambda: streamed(max(marks.values()) + 15), "streaming after recovery")
+    finally:
+        stop.set()
+        done = await asyncio.wait_for(asyncio.gather(*publishers.values()), DEADLINE)
+    sent = dict(zip(publishers, done, strict=True))
+
+    for sender, receiver in (("A", "B"), ("B", "A")):
+        last = sent[sender][-1].n
+        own, remote = clients[sender], clients[receiver]
+        # The sender's own client noticed nothing: every message, in order, throughout.
+        await cluster.wait(got_number(own, sender, last), f"all on {sender}")
+        assert own.numbers(sender) == list(range(last + 1)), cluster.logs()
+
+        # The other server's client: everything before the outage, nothing while Redis was
+        # dead, everything published once both servers said they were healthy again; in
+        # order and never twice (at most once).
+        await cluster.wait(got_number(remote, sender, last), f"{sender}'s last on {receiver}")
+        got = remote.numbers(sender)
+        assert got == sorted(set(got)), f"{sender} -> {receiver}: out of order or twice: {got}"
+        first = caught_up[sender] + 1
+        assert got[:first] == list(range(first)), f"{sender} -> {receiver}: {got}"
+        dead = [m.n for m in sent[sender] if m.started > killed and m.done < restarting]
+        after = [m.n for m in sent[sender] if m.started > recovered]
+        assert len(dead) >= 5, f"{sender}: too few messages published while down: {dead}"
+        assert len(after) >= 5, f"{sender}: too few messages published after recovery: {after}"
+        assert not set(dead) & set(got), f"{receiver} got {sender}'s messages sent while down"
+        missed = sorted(set(after) - set(got))
+        assert not missed, f"{receiver} missed {sender}'s {missed} after recovery{cluster.logs()}"
+
+        # The probe's counters: the outage's messages failed to reach Redis, and the other
+        # server received exactly what its client got.
+        sender_stats = (await (a if sender == "A" else b).health(http))["stats"]
+        assert sender_stats["publish_failed"] >= len(dead), sender_stats
+
+    # Health flipped both ways, in bounded time.
+    assert outage_seen < OUTAGE_DETECTED, f"outage reported after {outage_seen:.2f} s"
+    assert recovery < RECOVERED, f"recovery reported {recovery:.2f} s after the restart"
+
+    # The room B joined during the outage was subscribed on reconnection.
+    assert await a.publish(http, "late", {"from": "A", "n": 0}) == 0
+    await cluster.wait(lambda: late.numbers("A") == [0], "A's message in the room joined late")
+    stats = {s.name: (await s.health(http))["stats"] for s in (a, b)}
+    assert stats["A"]["received_remote"] == len(on_a.numbers("B")), stats
+    assert stats["B"]["received_remote"] == len(on_b.numbers("A")) + 1, stats
+
+    # One warning per outage in each server's log, not one per message or retry.
+    for server in (a, b):
+        log = server.log()
+        assert log.count("local delivery continues, reconnecting") == 1, cluster.logs()
+        assert log.count("messages reach this process's members only") == 1, cluster.logs()
+    print(
+        f"\noutage seen in {outage_seen:.2f} s; redis restarted in {restart_took:.2f} s; "
+        f"healthy again {recovery:.2f} s later; sent {len(sent['A'])} + {len(sent['B'])}"
+    )
+
+
+async def test_an_idle_server_publishes_after_redis_restarts(cluster: Cluster) -> None:
+    a, b, http, redis = cluster.a, cluster.b, cluster.http, cluster.redis
+    on_a = await cluster.join(a, "lobby", "lobby@A")
+    await cluster.join(b, "lobby", "lobby@B")
+    assert await b.publish(http, "lobby", {"from": "B", "n": 0}) == 1
+    await cluster.wait(lambda: on_a.numbers("B") == [0], "B's message on A")
+
+    await redis.kill()
+    await cluster.wait(lambda: _both(cluster, False), "broker_healthy false on both servers")
+    await redis.start()
+    await cluster.wait(lambda: _both(cluster, True), "healthy again on both")
+
+    # B published nothing during the outage; the readiness probe says it is ready.
+    assert await b.publish(http, "lobby", {"from": "B", "n": 1}) == 1
+    assert await b.publish(http, "lobby", {"from": "B", "n": 2}) == 1
+    await cluster.wait(lambda: 2 in on_a.numbers("B"), "B's last message on A")
+    health = await b.health(http)
+    # Same publisher, same order: had 1 arrived, it would be there before 2.
+    assert on_a.numbers("B") == [0, 1, 2], (on_a.numbers("B"), health)
+    assert health["broker_healthy"], health
+    assert health["stats"]["publish_failed"] == 0, health
+
+
+def got_number(member: Member, sender: str, n: int) -> Callable[[], bool]:
+    return lambda: n in member.numbers(sender)
+
+
+def _closed(member: Member) -> bool:
+    return member.closed is not None
+
+
+async def _both(cluster: Cluster, healthy: bool) -> bool:
+    return await cluster.healthy() == (healthy, healthy)
+
+
+# Stopping.
+
+
+async def test_servers_stop_on_sigterm_even_with_redis_down(cluster: Cluster) -> None:
+    a, b, redis = cluster.a, cluster.b, cluster.redis
+    on_a = await cluster.join(a, "lobby", "lobby@A")
+    on_b = await cluster.join(b, "lobby", "lobby@B")
+    await redis.kill()
+    await cluster.wait(lambda: _both(cluster, False), "broker_healthy false on both servers")
+
+    took = await asyncio.gather(a.stop(), b.stop())
+    for server, seconds in zip((a, b), took, strict=True):
+        log = server.log()
+        assert "[test] killed" not in log, f"{server.name} ignored SIGTERM{cluster.logs()}"
+        assert seconds < 5, f"{server.name} took {seconds:.1f} s to stop{cluster.logs()}"
+        # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.
+        assert server.returncode in (0, -signal.SIGTERM), cluster.logs()
+        assert "Application shutdown complete" in log, cluster.logs()
+        assert "Traceback" not in log, cluster.logs()
+    # The clients were told: 1012 (service restart), a clean close.
+    for member in (on_a, on_b):
+        await cluster.wait(functools.partial(_closed, member), f"{member.name} closed")
+        assert member.closed is not None
+        assert member.closed.rcvd is not None
+        assert member.closed.rcvd.code == 1012, (member.closed, cluster.logs())
