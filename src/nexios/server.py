@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from asyncio.transports import BaseTransport
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -62,7 +63,11 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     - messages that arrived in the same read as a protocol error (say, an oversized message)
       reach the app before the disconnect (uvicorn drops them);
     - a text message with invalid UTF-8 that arrives in the same read as the peer's Close is
-      dropped and that close reported (uvicorn's own 1007 path raises there).
+      dropped and that close reported (uvicorn's own 1007 path raises there);
+    - a peer that stops reading cannot hold a connection open: ``websocket.close`` goes out
+      without waiting for the write buffer to drain, and a socket that is still not closed
+      ``ABORT_AFTER`` seconds after it should have been is aborted (asyncio's ``close()``
+      waits for the buffer to flush, which a peer with a zero window never allows).
     """
 
     def __init__(
@@ -82,6 +87,16 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         self._forward_control = False
         self._pending_control = 0
         self.control_events_dropped = 0
+
+    def connection_made(self, transport: BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport = cast("asyncio.Transport", _AbortingTransport(self.transport, self.loop))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        transport = self.transport
+        if isinstance(transport, _AbortingTransport):
+            transport.lost()
+        super().connection_lost(exc)
 
     # Handshake
 
@@ -231,6 +246,18 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             # Start (or stop) forwarding the peer's control frames, at any time.
             self._forward_control = bool(fields.get("forward", True))
             return
+        if (
+            kind == "websocket.close"
+            and not self.writable.is_set()
+            and self.handshake_complete
+            and not self.close_sent
+            and self.initial_response is None
+            and not self.disconnected
+        ):
+            # The peer is not reading (the buffer is full): close now rather than wait for
+            # room that may never come. The frame joins the buffer; the timer aborts.
+            self._close_now(fields.get("code", 1000), fields.get("reason") or "")
+            return
         if kind == "websocket.accept":
             await self.writable.wait()
             # With `writable` set, super().send() runs to the 101 without yielding: nothing can
@@ -247,6 +274,20 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             # the flag unset and then logs "returned without completing handshake" as an
             # error for every refusal.
             self.handshake_complete = True
+
+    def _close_now(self, code: int, reason: str) -> None:
+        self.queue.put_nowait(
+            cast(
+                "ASGIReceiveEvent", {"type": "websocket.disconnect", "code": code, "reason": reason}
+            )
+        )
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     async def _send_control(self, kind: str, message: Mapping[str, Any]) -> None:
         data = message.get("bytes")
@@ -280,6 +321,56 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             # RFC 6455 section 5.5.3: an unsolicited Pong is a unidirectional heartbeat.
             self.conn.send_pong(data)
         self.transport.write(b"".join(self.conn.data_to_send()))
+
+
+# Seconds a socket may take to close (flushing its buffer) before it is aborted.
+ABORT_AFTER: Final = 5.0
+
+
+class _AbortingTransport:
+    """The connection's transport, whose ``close()`` ends in ``abort()`` if the peer
+    never lets the write buffer drain. Hot methods are the real transport's own."""
+
+    __slots__ = (
+        "_abort",
+        "_loop",
+        "_lost",
+        "_transport",
+        "abort",
+        "get_extra_info",
+        "get_write_buffer_size",
+        "is_closing",
+        "pause_reading",
+        "resume_reading",
+        "write",
+    )
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._abort: asyncio.TimerHandle | None = None
+        self._lost = False
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+        self.get_extra_info = transport.get_extra_info
+        self.get_write_buffer_size = transport.get_write_buffer_size
+        self.abort = transport.abort
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._abort is None and not self._lost:
+            self._abort = self._loop.call_later(ABORT_AFTER, self._transport.abort)
+
+    def lost(self) -> None:
+        self._lost = True
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 # Options of uvicorn.Config that make_config sets from its own arguments.
