@@ -297,9 +297,9 @@ class ChannelLayer:
             del self._groups[group]
             await self.broker.unsubscribe(_GROUP + group)
 
-    def _report(self, outbox: Outbox, event: str) -> None:
+    def _report(self, outbox: Outbox, event: str, count: int) -> None:
         if event == "dropped":
-            self.stats.dropped += 1
+            self.stats.dropped += count
         elif event == "closed_slow":
             self.stats.closed_slow += 1
             self._forget(outbox)

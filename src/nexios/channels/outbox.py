@@ -60,7 +60,7 @@ class Outbox:
         ws: WebSocket,
         maxsize: int,
         policy: SlowConsumerPolicy,
-        report: Callable[[Outbox, str], None],
+        report: Callable[[Outbox, str, int], None],
         encoding: str = "auto",
         held: bool = False,
     ) -> None:
@@ -109,11 +109,15 @@ class Outbox:
             self._task = asyncio.get_running_loop().create_task(self._write())
 
     def _full(self, message: Message) -> bool:
-        self.dropped += 1
         if self.policy == "close":
+            # The new message and every waiting one are lost with the connection.
+            lost = len(self.queue) + 1
+            self.dropped += lost
+            self._report(self, "dropped", lost)
             self._close_slow()
             return False
-        self._report(self, "dropped")
+        self.dropped += 1
+        self._report(self, "dropped", 1)
         if self.dropped == 1:
             logger.warning(
                 "WebSocket %s (%s) reads too slowly: its outbox of %d is full; "
@@ -138,7 +142,7 @@ class Outbox:
             self.ws.scope.get("path"),
             self.maxsize,
         )
-        self._report(self, "closed_slow")
+        self._report(self, "closed_slow", 0)
         self.close()
         asyncio.get_running_loop().create_task(self._send_close())
 
@@ -158,7 +162,9 @@ class Outbox:
             while True:
                 while queue:
                     if ws.application_state is not connected:
-                        self._report(self, "gone")
+                        self.closed = True
+                        queue.clear()
+                        self._report(self, "gone", 0)
                         return
                     await send(queue.popleft())
                 waiter = self._waiter = loop.create_future()
@@ -169,7 +175,7 @@ class Outbox:
             # The peer went away (uvicorn: ClientDisconnected) or the app closed it.
             self.closed = True
             self.queue.clear()
-            self._report(self, "gone")
+            self._report(self, "gone", 0)
 
     def close(self) -> None:
         """Stop sending: drop what waits and end the writer task."""
