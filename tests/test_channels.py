@@ -301,3 +301,20 @@ async def test_a_single_app_on_memory_never_publishes_to_the_broker() -> None:
         assert (await session.receive_json())["text"] == "hi"
     assert published == []
     assert app.channels.healthy
+
+
+async def test_a_process_stops_receiving_a_group_when_its_last_member_leaves(
+    make_broker: BrokerFactory,
+) -> None:
+    async with two_processes(make_broker) as (app_a, a, app_b, b):
+        async with b.websocket_connect("/rooms/lobby?id=bob") as bob:
+            await joined(bob)
+            await bob.send_text("join quiet")
+            await joined(bob)
+            await bob.send_text("leave quiet")  # the last (only) member in process b
+            assert await bob.receive_text() == "left"
+            before = app_b.channels.stats.received_remote
+            await app_a.channels.publish("quiet", "unheard")  # b no longer subscribes
+            await app_a.channels.publish("lobby", "marker")  # b does
+            assert await bob.receive_text() == "marker"
+            assert app_b.channels.stats.received_remote == before + 1
