@@ -31,6 +31,7 @@ from nexios.routing.websocket import (
     route_path,
 )
 from nexios.types import Message, Receive, Scope, Send
+from nexios.websockets.guard import ConnectionGuard
 
 __all__ = ["Nexios", "NexiosApp", "get_application"]
 
@@ -76,7 +77,11 @@ class NexiosApp:
         )
         self.ws_router = WSRouter()
         self.ws_router.bind_channels(self.channels, "nexios:app")
+        self.ws_router.config = config
+        # Origins, connection limits, rate limits: refusals are counted in guard.stats.
+        self.guard = self.ws_router.guard = ConnectionGuard()
         self._lifespan = lifespan
+        self._running = 0  # lifespans started and not yet shut down
         self._startup: list[Hook] = list(on_startup)
         self._shutdown: list[Hook] = list(on_shutdown)
 
@@ -100,6 +105,7 @@ class NexiosApp:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
+            self._running += 1
             await self.channels.start()
             if self._lifespan is not None:
                 context = self._lifespan(self)
@@ -130,8 +136,10 @@ class NexiosApp:
             except Exception as exc:
                 logger.exception("The lifespan context failed on exit")
                 failures.append(f"lifespan: {exc!r}")
+        self._running -= 1
         try:
-            await self.channels.stop()
+            if not self._running:  # the last of the servers (or test clients) serving it
+                await self.channels.stop()
         except Exception as exc:
             logger.exception("The channel layer failed to stop")
             failures.append(f"channels: {exc!r}")

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, get_args
 
+from nexios._tasks import spawn
 from nexios.types import Message
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class Outbox:
         )
         self._report(self, "closed_slow", 0)
         self.close()
-        asyncio.get_running_loop().create_task(self._send_close())
+        spawn(self._send_close())
 
     async def _send_close(self) -> None:
         try:

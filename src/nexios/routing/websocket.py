@@ -28,6 +28,7 @@ from nexios.websockets.consumers import WebSocketConsumer, path_of
 
 if TYPE_CHECKING:
     from nexios.channels.layer import ChannelLayer
+    from nexios.websockets.guard import ConnectionGuard
 
 __all__ = ["WSRouter", "WebSocketRoute", "WebsocketRoutes", "route_path"]
 
@@ -211,6 +212,9 @@ class WSRouter:
         # connection it serves (directly or through a mounted router) belongs to.
         self.channels: ChannelLayer | None = None
         self.channel_group: str | None = None
+        # Set on an app's root router: the app's settings, and its admission guard.
+        self.config: WebSocketConfig | None = None
+        self.guard: ConnectionGuard | None = None
 
     # ------------------------------------------------------------------ registration
 
@@ -448,10 +452,18 @@ class WSRouter:
 
 
 async def _refuse_unknown(ws: WebSocket) -> None:
+    await _refuse(ws, 404, "Not Found")
+
+
+async def _refuse(ws: WebSocket, status: int, reason: str) -> None:
+    """Refuse the handshake: an HTTP response where the server can send one."""
     if HTTP_RESPONSE_EXTENSION in (ws.scope.get("extensions") or {}):
-        await ws.send_denial_response(404, "Not Found")
+        await ws.send_denial_response(status, reason)
     else:
-        await ws.close(1008, "Not Found")
+        await ws.close(1013 if status == 503 else 1008, reason)
+
+
+_DEFAULT_CONFIG = WebSocketConfig()
 
 
 async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) -> None:
@@ -461,10 +473,20 @@ async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) ->
     listeners = _collect_listeners(chain)
     if listeners:
         ws.listeners = listeners
-    layer = chain[0].channels
+    root = chain[0]
+    config = route.config or root.config or _DEFAULT_CONFIG
+    guard = root.guard
+    if guard is not None:
+        refusal = guard.refusal(ws, config)
+        if refusal is not None:
+            await _refuse(ws, *refusal)
+            return
+        guard.enter(ws)
+        ws._watch = guard.watch(ws, config)
+    layer = root.channels
     if layer is not None:
         ws.channels = layer
-        ws._before_accept = partial(_register, layer, route, chain)
+        ws._before_accept = partial(_register, layer, config, chain)
     call: Callable[[], Awaitable[Any]] = partial(route.endpoint, ws)
     for mw in reversed(middleware):
         call = _wrap(mw, ws, call)
@@ -474,6 +496,10 @@ async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) ->
         await _handle_exception(ws, exc, chain)
     finally:
         await _finish(ws)
+        if guard is not None:
+            guard.leave(ws)
+            if ws._watch is not None:
+                ws._watch.stop()
         if layer is not None:
             await layer.unregister(ws)
         if listeners and ws.was_accepted:
@@ -481,16 +507,15 @@ async def serve(ws: WebSocket, route: WebsocketRoutes, chain: list[WSRouter]) ->
 
 
 async def _register(
-    layer: ChannelLayer, route: WebsocketRoutes, chain: list[WSRouter], ws: WebSocket
+    layer: ChannelLayer, config: WebSocketConfig, chain: list[WSRouter], ws: WebSocket
 ) -> Callable[[], None]:
     """Before the accept goes out: the connection joins its routers' groups, so that a
     client that sees the handshake complete is already reachable by broadcasts."""
-    config = route.config
     outbox = await layer.register(
         ws,
         [router.channel_group for router in chain if router.channel_group is not None],
-        outbox_size=config.outbox_size if config is not None else None,
-        slow_consumer=config.slow_consumer if config is not None else None,
+        outbox_size=config.outbox_size,
+        slow_consumer=config.slow_consumer,
         held=True,
     )
     return outbox.release

@@ -22,9 +22,11 @@ from nexios.exceptions import (
     WebSocketUnsupportedData,
 )
 from nexios.types import Message, Receive, Scope, Send
+from nexios.websockets.guard import RATE_LIMITED
 
 if TYPE_CHECKING:
     from nexios.channels.layer import ChannelLayer
+    from nexios.websockets.guard import ConnectionWatch
 
 __all__ = [
     "WebSocket",
@@ -117,6 +119,7 @@ class WebSocket:
         "_state",
         "_waiters",
         "_want_compression",
+        "_watch",
         "application_state",
         "channels",
         "client_state",
@@ -144,6 +147,8 @@ class WebSocket:
         # is accepted (returns what to call once the accept went out).
         self.channels: ChannelLayer | None = None
         self._before_accept: Callable[[WebSocket], Awaitable[Callable[[], None]]] | None = None
+        # Rate limit and idle timeout, when the route's config sets them.
+        self._watch: ConnectionWatch | None = None
         self._id: str | None = None
         self._state: ConnectionStorage | None = None
         self._headers: Headers | None = None
@@ -277,6 +282,8 @@ class WebSocket:
         self.was_accepted = True
         if release is not None:
             release()
+        if self._watch is not None:
+            self._watch.start()
         if self.listeners:
             await self.emit("connect")
 
@@ -601,6 +608,9 @@ class WebSocket:
         if message["type"] == "websocket.disconnect":
             self._on_disconnect(message)
             raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
+        if self._watch is not None and not self._watch.on_message():
+            await self.close(*RATE_LIMITED)
+            raise WebSocketDisconnect(*RATE_LIMITED)
         if self.listeners:
             text = message.get("text")
             await self.emit("message", message.get("bytes") if text is None else text)
