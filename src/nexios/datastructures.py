@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, overload
 from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
@@ -61,8 +62,8 @@ class Headers:
         return self._mapping().get(key.lower(), default)
 
     def getlist(self, key: str) -> list[str]:
-        name = key.lower().encode("latin-1")
-        return [v.decode("latin-1") for k, v in self.raw if k.lower() == name]
+        name = key.lower()
+        return [v.decode("latin-1") for k, v in self.raw if k.decode("latin-1").lower() == name]
 
     def __getitem__(self, key: str) -> str:
         return self._mapping()[key.lower()]
@@ -143,72 +144,83 @@ class QueryParams(Mapping[str, str]):
         return f"QueryParams({self._text!r})"
 
 
-class URL:
-    """A parsed URL. Built from a scope, it is the URL the client asked for."""
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::([0-9]{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
-    __slots__ = ("_parts", "_text")
+
+def _valid_netloc(host: str) -> bool:
+    found = _HOST.fullmatch(host)
+    return found is not None and (found.group(2) is None or int(found.group(2)) <= 65535)
+
+
+class URL:
+    """A parsed URL. Built from a scope, it is the URL the client asked for.
+
+    The ``Host`` header names the host, unless it is missing or not a valid host (any
+    client can send anything there): then the server's own address does.
+    """
+
+    __slots__ = ("fragment", "netloc", "path", "query", "scheme")
 
     def __init__(self, url: str = "", *, scope: Scope | None = None) -> None:
-        if scope is not None:
-            scheme = scope.get("scheme", "http")
-            # The path as the client sent it (percent-encoded); "path" is decoded. Both
-            # already start with "root_path" (ASGI, uvicorn >= 0.26).
-            raw_path = scope.get("raw_path")
-            path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
-            query = scope.get("query_string", b"").decode("latin-1")
-            host = None
-            for key, value in scope["headers"]:
-                if key == b"host":
-                    host = value.decode("latin-1")
-                    break
-            if host is None and scope.get("server"):
-                server_host, server_port = scope["server"]
-                default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+        if scope is None:
+            try:
+                parts = urlsplit(url)
+            except ValueError:  # e.g. an unbalanced "[" in the netloc
+                parts = SplitResult("", "", url, "", "")
+            self.scheme, self.netloc, self.path = parts.scheme, parts.netloc, parts.path
+            self.query, self.fragment = parts.query, parts.fragment
+            return
+        self.scheme = scheme = scope.get("scheme", "http")
+        # The path as the client sent it (percent-encoded); "path" is decoded. Both
+        # already start with "root_path" (ASGI, uvicorn >= 0.26).
+        raw_path = scope.get("raw_path")
+        self.path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+        self.query = scope.get("query_string", b"").decode("latin-1")
+        self.fragment = ""
+        host = ""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value.decode("latin-1").strip()
+                break
+        if not _valid_netloc(host):
+            host = ""
+            server = scope.get("server")
+            if server:
+                server_host, server_port = server
+                if ":" in server_host:
+                    server_host = f"[{server_host}]"  # an IPv6 address
+                default = _DEFAULT_PORTS.get(scheme)
                 host = (
                     server_host
                     if server_port in (default, None)
                     else f"{server_host}:{server_port}"
                 )
-            url = f"{scheme}://{host}{path}" if host else path
-            if query:
-                url += "?" + query
-        self._text = url
-        self._parts: SplitResult = urlsplit(url)
-
-    @property
-    def scheme(self) -> str:
-        return self._parts.scheme
-
-    @property
-    def netloc(self) -> str:
-        return self._parts.netloc
+        self.netloc = host
 
     @property
     def hostname(self) -> str | None:
-        return self._parts.hostname
+        netloc = self.netloc.rpartition("@")[2]
+        if netloc.startswith("["):
+            return netloc[1 : netloc.find("]")].lower() or None
+        return netloc.partition(":")[0].lower() or None
 
     @property
     def port(self) -> int | None:
-        return self._parts.port
-
-    @property
-    def path(self) -> str:
-        return self._parts.path
-
-    @property
-    def query(self) -> str:
-        return self._parts.query
-
-    @property
-    def fragment(self) -> str:
-        return self._parts.fragment
+        """The port in the URL, or None if it names none (or not a valid one)."""
+        netloc = self.netloc.rpartition("@")[2]
+        _, sep, port = netloc.rpartition("]:" if netloc.startswith("[") else ":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            return None
+        return int(port)
 
     @property
     def is_secure(self) -> bool:
         return self.scheme in ("https", "wss")
 
     def replace(self, **kwargs: Any) -> URL:
-        return URL(self._parts._replace(**kwargs).geturl())
+        parts = SplitResult(self.scheme, self.netloc, self.path, self.query, self.fragment)
+        return URL(parts._replace(**kwargs).geturl())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, URL | str):
@@ -216,13 +228,20 @@ class URL:
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._text)
+        return hash(str(self))
 
     def __str__(self) -> str:
-        return self._text
+        text = f"{self.scheme}://{self.netloc}{self.path}" if self.scheme else self.path
+        if self.netloc and not self.scheme:
+            text = f"//{self.netloc}{self.path}"
+        if self.query:
+            text += "?" + self.query
+        if self.fragment:
+            text += "#" + self.fragment
+        return text
 
     def __repr__(self) -> str:
-        return f"URL({self._text!r})"
+        return f"URL({str(self)!r})"
 
 
 class State:

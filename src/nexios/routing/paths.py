@@ -10,6 +10,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from nexios.exceptions import ImproperlyConfigured
@@ -80,13 +81,18 @@ class FloatConvertor(Convertor):
     regex = r"[0-9]+(?:\.[0-9]+)?"
 
     def convert(self, value: str) -> float:
-        return float(value)
+        number = float(value)
+        if math.isinf(number):
+            raise ValueError(f"{value[:20]}... is too large for a float.")
+        return number
 
     def to_string(self, value: Any) -> str:
         number = float(value)
         if number < 0 or math.isnan(number) or math.isinf(number):
             raise ValueError(f"{number} cannot be written in a path by the float convertor.")
-        return (f"{number:0.20f}").rstrip("0").rstrip(".")
+        # Every digit of the shortest repr, without an exponent (the regex has none).
+        text = format(Decimal(repr(number)), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class UUIDConvertor(Convertor):
@@ -201,5 +207,6 @@ def compile_path(template: str, *, prefix: bool = False) -> CompiledPath:
     pattern += re.escape(tail)
     fmt += tail.replace("{", "{{").replace("}", "}}")
     if not prefix:
-        pattern += "$"
-    return CompiledPath(template, re.compile(pattern), fmt, convertors)
+        pattern += r"\Z"  # not "$", which also matches before a final newline
+    # DOTALL: a {rest:path} parameter may hold any character, newlines included.
+    return CompiledPath(template, re.compile(pattern, re.DOTALL), fmt, convertors)

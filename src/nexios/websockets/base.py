@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
+import re
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -654,10 +656,7 @@ class WebSocket:
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise WebSocketInvalidJSON(f"Message is not valid JSON: {exc.msg}.") from None
+        return decode_json(data)
 
     async def receive_ping(self, timeout: float | None = None) -> bytes:
         """The payload of the next Ping from the peer (already answered by the server).
@@ -748,6 +747,34 @@ class WebSocket:
             f"<WebSocket {self.scope.get('path', '')} from {peer} "
             f"{self.connection_state.name.lower()}>"
         )
+
+
+_LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(data: str | bytes) -> Any:
+    """Parse a message as JSON; WebSocketInvalidJSON (1007) if it is not.
+
+    orjson reads integers beyond 64 bits as floats, losing digits; a message with 19 or
+    more digits in a row is parsed by the standard library instead, exactly.
+    """
+    try:
+        long_number = (
+            _LONG_NUMBER_TEXT.search(data)
+            if isinstance(data, str)
+            else _LONG_NUMBER_BYTES.search(data)
+        )
+        if long_number is None:
+            return orjson.loads(data)
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise WebSocketInvalidJSON(f"Message is not valid JSON: {reason}.") from None
 
 
 def _header_pair(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:

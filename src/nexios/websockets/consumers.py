@@ -12,17 +12,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-import orjson
-
 from nexios.exceptions import (
     ImproperlyConfigured,
     WebSocketDisconnect,
     WebSocketException,
-    WebSocketInvalidJSON,
     WebSocketUnsupportedData,
 )
 from nexios.types import Message
-from nexios.websockets.base import WebSocket, WebSocketState
+from nexios.websockets.base import WebSocket, WebSocketState, decode_json
 
 __all__ = ["WebSocketConsumer", "WebSocketEndpoint"]
 
@@ -68,10 +65,7 @@ class WebSocketConsumer:
                 raise WebSocketUnsupportedData("Expected a binary message, got a text one.")
             return data
         if encoding == "json":
-            try:
-                return orjson.loads(text if text is not None else data or b"")
-            except orjson.JSONDecodeError as exc:
-                raise WebSocketInvalidJSON(f"Message is not valid JSON: {exc.msg}.") from None
+            return decode_json(text if text is not None else data or b"")
         raise ImproperlyConfigured(
             f"{type(self).__name__}.encoding is {encoding!r}: use 'text', 'bytes', 'json' or None."
         )
