@@ -676,3 +676,70 @@ def test_run_serves_make_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.ws is NexiosWebSocketProtocol
     assert config.ws_ping_interval is None
     assert config.ws_per_message_deflate is True
+
+
+async def test_close_inside_a_fragmented_message_is_echoed() -> None:
+    # RFC 6455 section 5.4: a control frame may come between the fragments of a message, and
+    # a Close is one. The server echoes the peer's code (websockets alone answers 1002) and
+    # drops the unfinished message; the fragment after the Close is ignored (Autobahn 7.1.5).
+    events: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        events.put_nowait(await receive())
+
+    async with serve(handler) as url, RawClient(url) as raw:
+        for frame in (
+            Frame(Opcode.TEXT, b"fragment1", fin=False),
+            Frame(Opcode.CLOSE, Close(1000, "").serialize()),
+            Frame(Opcode.CONT, b"fragment2", fin=True),
+        ):
+            raw.writer.write(frame.serialize(mask=True, extensions=[]))
+        echo = await within(raw.next_event())
+        assert await within(raw.next_event()) is None  # the server closed the TCP connection
+        assert await within(events.get()) == {
+            "type": "websocket.disconnect",
+            "code": 1000,
+            "reason": "",
+        }
+    assert isinstance(echo, Frame)
+    assert echo.opcode is Opcode.CLOSE
+    assert Close.parse(echo.data).code == 1000
+
+
+async def test_app_answering_a_message_the_peer_followed_with_a_protocol_error() -> None:
+    # A message, then a frame with a reserved bit set, in one read: the app gets the message,
+    # then the server fails the connection (1002) before the app answers. The app's answer
+    # is a send to a peer that is gone (ClientDisconnected, as after the peer's Close), not
+    # a send after its own close (uvicorn's RuntimeError); its close does nothing.
+    outcome: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        outcome.put_nowait(message)
+        for attempt in (
+            {"type": "websocket.send", "text": message["text"]},
+            {"type": "websocket.ping", "bytes": b""},
+        ):
+            try:
+                await send(attempt)
+            except ClientDisconnected as exc:
+                outcome.put_nowait(exc)
+        await send({"type": "websocket.close", "code": 1000})
+        outcome.put_nowait(await receive())
+
+    async with serve(handler) as url, RawClient(url) as raw:
+        bad = bytearray(Frame(Opcode.TEXT, b"again").serialize(mask=True, extensions=[]))
+        bad[0] |= 0x20  # RSV2, with no extension that defines it
+        raw.writer.write(Frame(Opcode.TEXT, b"hello").serialize(mask=True, extensions=[]) + bad)
+        close = await within(raw.next_event())
+        assert await within(raw.next_event()) is None
+        assert await within(outcome.get()) == {"type": "websocket.receive", "text": "hello"}
+        assert isinstance(await within(outcome.get()), ClientDisconnected)
+        assert isinstance(await within(outcome.get()), ClientDisconnected)
+        disconnect = await within(outcome.get())
+    assert isinstance(close, Frame)
+    assert Close.parse(close.data).code == 1002
+    assert disconnect["type"] == "websocket.disconnect"
+    assert disconnect["code"] == 1002

@@ -9,6 +9,7 @@ uvicorn with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 from asyncio.transports import BaseTransport
 from collections.abc import Mapping
@@ -22,8 +23,9 @@ from websockets.extensions.permessage_deflate import (
     ServerPerMessageDeflateFactory,
 )
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
@@ -51,12 +53,36 @@ def _deflate_factory() -> ServerPerMessageDeflateFactory:
     )
 
 
+class _ServerConnection(ServerProtocol):
+    """websockets' sans-I/O server connection, except for a Close inside a fragmented message.
+
+    RFC 6455 section 5.4: control frames MAY be injected in the middle of a fragmented
+    message, and a Close is a control frame. websockets treats one that arrives before the
+    final fragment as a protocol error and answers 1002; here it is the peer's closing
+    handshake, as at any other time: the unfinished message is dropped, the Close is echoed
+    (section 5.5.1) and the app hears the peer's code. (Autobahn case 7.1.5.)
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+    def accept(self, request: Request) -> Response:
+        response = super().accept(request)
+        if response.status_code != 101 and request.headers.get("Sec-WebSocket-Version") != "13":
+            # RFC 6455 section 4.2.2: refusing a version, the server MUST say which
+            # version it speaks.
+            response.headers["Sec-WebSocket-Version"] = "13"
+        return response
+
+
 class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol plus the nexios ASGI extensions.
 
     Without the ``nexios.*`` keys in the app's ``websocket.accept`` the app sees uvicorn's
     behaviour (permessage-deflate then follows the server-wide ``ws_per_message_deflate``),
-    with three fixes:
+    with these fixes:
 
     - a keepalive timeout reaches the app as ``websocket.disconnect`` with code 1011 (uvicorn
       reports only the lost connection, 1005);
@@ -64,6 +90,12 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
       reach the app before the disconnect (uvicorn drops them);
     - a text message with invalid UTF-8 that arrives in the same read as the peer's Close is
       dropped and that close reported (uvicorn's own 1007 path raises there);
+    - a Close that arrives in the middle of a fragmented message is echoed with the peer's
+      code and the unfinished message dropped (websockets fails the connection with 1002);
+    - once the server itself has failed the connection (a protocol error from the peer, a
+      keepalive timeout), a send from the app raises ClientDisconnected and a close does
+      nothing, as after the peer's Close (uvicorn raises RuntimeError, as if the app had sent
+      after its own close);
     - a peer that stops reading cannot hold a connection open: ``websocket.close`` goes out
       without waiting for the write buffer to drain, and a socket that is still not closed
       ``ABORT_AFTER`` seconds after it should have been is aborted (asyncio's ``close()``
@@ -78,15 +110,21 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        # uvicorn makes permessage-deflate available only when the server-wide setting is on.
-        # nexios lets the app ask for it per connection, so it must be negotiable at handshake
-        # time whatever the setting; the app's accept decides whether the result is kept.
-        if not self.conn.available_extensions:
-            self.conn.available_extensions = [_deflate_factory()]
+        # uvicorn's connection, with the same settings, as `_ServerConnection`. uvicorn makes
+        # permessage-deflate available only when the server-wide setting is on. nexios lets
+        # the app ask for it per connection, so it must be negotiable at handshake time
+        # whatever the setting; the app's accept decides whether the result is kept.
+        self.conn = _ServerConnection(
+            extensions=self.conn.available_extensions or [_deflate_factory()],
+            max_size=config.ws_max_size,
+            logger=self.conn.logger,
+        )
         self._deflate_offered = False
         self._forward_control = False
         self._pending_control = 0
         self.control_events_dropped = 0
+        # The server failed the connection itself (see `_closed_by_server_send`).
+        self._closed_by_server = False
 
     def connection_made(self, transport: BaseTransport) -> None:
         super().connection_made(transport)
@@ -96,6 +134,18 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         transport = self.transport
         if isinstance(transport, _AbortingTransport):
             transport.lost()
+        if (
+            self.handshake_complete
+            and not self.close_sent
+            and self.conn.close_rcvd is None
+            and self.initial_response is None
+        ):
+            # RFC 6455 section 7.1.5: a connection that ends without a Close frame is
+            # 1006 (abnormal closure); uvicorn says 1005, the code of a Close without a
+            # status, and the app could not tell a crash from a clean close.
+            self.queue.put_nowait(
+                cast("ASGIReceiveEvent", {"type": "websocket.disconnect", "code": 1006})
+            )
         super().connection_lost(exc)
 
     # Handshake
@@ -220,12 +270,18 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         # Queues websocket.disconnect with code 1007, writes the Close frame, closes the socket.
         self.handle_parser_exception()
 
+    def handle_parser_exception(self) -> None:
+        # A protocol error, an oversized message or invalid UTF-8 from the peer.
+        self._closed_by_server = True
+        super().handle_parser_exception()
+
     # Keepalive
 
     def keepalive_timeout(self) -> None:
         closing = self.close_sent or self.transport.is_closing()
         super().keepalive_timeout()
         if not closing:
+            self._closed_by_server = True
             # uvicorn only reports the lost connection (1005); tell the app why.
             disconnect = {
                 "type": "websocket.disconnect",
@@ -239,6 +295,9 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: ASGISendEvent) -> None:
         fields = cast("Mapping[str, Any]", message)
         kind = fields["type"]
+        if self._closed_by_server and kind in _AFTER_SERVER_CLOSE:
+            self._closed_by_server_send(kind)
+            return
         if kind in ("websocket.ping", "websocket.pong"):
             await self._send_control(kind, fields)
             return
@@ -274,6 +333,15 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             # the flag unset and then logs "returned without completing handshake" as an
             # error for every refusal.
             self.handshake_complete = True
+
+    def _closed_by_server_send(self, kind: str) -> None:
+        """*kind* from the app after the server failed the connection (`handle_parser_exception`,
+        `keepalive_timeout`): the app may not have read the disconnect yet, e.g. it is answering
+        a message that came just before the peer's protocol error. To the app this is the peer
+        gone, as after the peer's Close (uvicorn would raise RuntimeError, as if the app had
+        sent after its own close): a send raises ClientDisconnected, a close does nothing."""
+        if kind != "websocket.close":
+            raise ClientDisconnected()
 
     def _close_now(self, code: int, reason: str) -> None:
         self.queue.put_nowait(
@@ -322,6 +390,11 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_pong(data)
         self.transport.write(b"".join(self.conn.data_to_send()))
 
+
+# What the app may send on an open connection; see `_closed_by_server_send`.
+_AFTER_SERVER_CLOSE: Final = frozenset(
+    {"websocket.send", "websocket.close", "websocket.ping", "websocket.pong"}
+)
 
 # Seconds a socket may take to close (flushing its buffer) before it is aborted.
 ABORT_AFTER: Final = 5.0
@@ -462,4 +535,6 @@ def run(
         compression=compression,
         **uvicorn_kwargs,
     )
-    uvicorn.Server(config).run()
+    # uvicorn re-raises SIGINT after a clean shutdown; uvicorn.run() hides it too.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
