@@ -430,12 +430,6 @@ async def test_a_close_frame_without_a_code_is_1005(live_server: Any) -> None:
         await assert_cleaned_up(server, served, watched, "quiet")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (RFC 6455 7.1.5): a connection lost without a Close frame reaches the "
-    "handler as 1005 (uvicorn's connection_lost), the code for a Close frame that had no "
-    "status, instead of 1006; the app cannot tell a crash from a clean close.",
-)
 @pytest.mark.parametrize("how", ["fin", "rst"])
 async def test_a_connection_lost_without_close_frame_is_1006(live_server: Any, how: str) -> None:
     served = make_app()
@@ -496,12 +490,6 @@ async def test_bad_handshake_is_refused_and_the_server_goes_on(live_server: Any,
 # What bad input still gets through.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (RFC 6455 4.2.2, a MUST): the refusal of an unsupported "
-    "Sec-WebSocket-Version carries no 'Sec-WebSocket-Version: 13' header telling the "
-    "client which version to use (the 400 comes from websockets' handshake code).",
-)
 async def test_an_unsupported_version_is_told_the_supported_one(live_server: Any) -> None:
     served = make_app()
     async with live_server(served.app) as server:

@@ -306,7 +306,7 @@ async def test_a_single_app_on_memory_never_publishes_to_the_broker() -> None:
 async def test_a_process_stops_receiving_a_group_when_its_last_member_leaves(
     make_broker: BrokerFactory,
 ) -> None:
-    async with two_processes(make_broker) as (app_a, a, app_b, b):
+    async with two_processes(make_broker) as (app_a, _, app_b, b):
         async with b.websocket_connect("/rooms/lobby?id=bob") as bob:
             await joined(bob)
             await bob.send_text("join quiet")
