@@ -187,3 +187,31 @@ async def test_guards_on_a_real_server(live_server: Any) -> None:
             assert idle.value.rcvd is not None
             assert (idle.value.rcvd.code, idle.value.rcvd.reason) == (1001, "Idle timeout")
         assert server.errors == []
+
+
+async def test_connections_per_client_on_a_real_server(live_server: Any) -> None:
+    app = echo_app(WebSocketConfig(max_connections_per_client=2))
+    ended: asyncio.Queue[None] = asyncio.Queue()
+
+    @app.on("disconnect")
+    async def gone(ws: WebSocket) -> None:  # after the guard let the connection go
+        ended.put_nowait(None)
+
+    async with live_server(app) as server:
+        url = server.ws + "/ws"
+        async with connect(url, open_timeout=TIMEOUT), connect(url, open_timeout=TIMEOUT):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url, open_timeout=TIMEOUT):
+                    pass
+            response = refused.value.response
+            assert (response.status_code, response.body) == (
+                503,
+                b"Too many connections from this client",
+            )
+        # Both closed: once their handlers have ended, the client may connect again.
+        for _ in range(2):
+            await asyncio.wait_for(ended.get(), TIMEOUT)
+        assert app.guard.per_client == {}
+        async with connect(url, open_timeout=TIMEOUT) as ws:
+            await ws.send("again")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "again"
