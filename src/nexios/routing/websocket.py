@@ -157,7 +157,7 @@ def _endpoint(handler: Handler) -> Callable[[WebSocket], Awaitable[Any]]:
                 try:
                     kwargs[name] = convert(value)
                 except ValueError:
-                    await _refuse_unknown(ws)
+                    await _refuse(ws, 404, "Not Found")
                     return None
         return await handler(ws, **kwargs)
 
@@ -348,9 +348,6 @@ class WSRouter:
 
         return register
 
-    def add_event_listener(self, event: str, fn: Listener) -> None:
-        self.on(event)(fn)
-
     def exception_handler(self, exc_type: type[BaseException]) -> Callable[[F], F]:
         """Decorator: handle ``exc_type`` raised while serving a connection."""
 
@@ -440,7 +437,7 @@ class WSRouter:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = self.match(route_path(scope))
         if found is None:
-            await _refuse_unknown(WebSocket(scope, receive, send))
+            await _refuse(WebSocket(scope, receive, send), 404, "Not Found")
             return
         route, params, chain = found
         scope["path_params"] = params
@@ -449,10 +446,6 @@ class WSRouter:
 
     def __repr__(self) -> str:
         return f"WSRouter(prefix={self.prefix!r}, routes={len(self.routes)})"
-
-
-async def _refuse_unknown(ws: WebSocket) -> None:
-    await _refuse(ws, 404, "Not Found")
 
 
 async def _refuse(ws: WebSocket, status: int, reason: str) -> None:
