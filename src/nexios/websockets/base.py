@@ -523,6 +523,11 @@ class WebSocket:
             self._wake_one()
             raise
         self._reading = False
+        self._route(message)
+        return message
+
+    def _route(self, message: Message) -> None:
+        """Note what a read message means for everyone (a disconnect ends all waits)."""
         kind = message["type"]
         if kind == "websocket.disconnect":
             self._final = message
@@ -533,7 +538,6 @@ class WebSocket:
                         waiter.set_result(None)
         elif kind != "websocket.receive" and kind != "websocket.ping" and kind != "websocket.pong":
             raise WebSocketStateError(f"Unexpected ASGI message {kind!r} while receiving.")
-        return message
 
     def _keep(self, message: Message) -> None:
         """Give a message read for someone else to its waiter, or to the backlog."""
@@ -603,10 +607,27 @@ class WebSocket:
         Raises WebSocketDisconnect when the peer closed.
         """
         self._check_can_receive()
-        if timeout is None:
+        if timeout is not None:
+            message = await asyncio.wait_for(self._next("data"), timeout)
+        elif self._reading or self._backlog or self._final is not None:
             message = await self._next("data")
         else:
-            message = await asyncio.wait_for(self._next("data"), timeout)
+            # The common case, inlined: nobody else reads and nothing waits unread.
+            self._reading = True
+            try:
+                message = await self._receive()
+            except BaseException:
+                self._reading = False
+                self._wake_one()
+                raise
+            self._reading = False
+            self._route(message)
+            kind = message["type"]
+            if kind != "websocket.receive" and kind != "websocket.disconnect":
+                self._keep(message)  # a ping or pong someone else waits for
+                message = await self._next("data")
+            elif self._waiters is not None:
+                self._wake_one()
         if message["type"] == "websocket.disconnect":
             self._on_disconnect(message)
             raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
