@@ -1,0 +1,1 @@
+"""The nexios benchmark harness: ``python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,376 @@
+"""The load generator: one process, uvloop and the ``picows`` client.
+
+``python -m bench.client SPEC_JSON`` runs one workload against running servers and prints
+one JSON object (its measurements) as the last line of stdout. The orchestrator
+(``bench/run.py``) starts it pinned to its own core with ``taskset``.
+
+Every phase is bounded: connecting, each broadcast, the echo window and the whole run
+(``SPEC["limit"]`` seconds) stop by themselves; a broadcast that does not reach every
+healthy client in time is reported as a stall, not waited for.
+
+Clocks: every timestamp is ``time.monotonic_ns()`` taken in this process (the publisher
+and the receivers are the same process), so no clock crosses a process boundary. CPU:
+this process's own CPU time (``time.process_time``) and the servers' ``utime + stime``
+from ``/proc/<pid>/stat``, over the same measured window; memory: the servers'
+``VmRSS`` from ``/proc/<pid>/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+TEXT = WSMsgType.TEXT
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ECHO_PAYLOAD = b"e" * 32  # 32-byte text message
+CONNECT_CONCURRENCY = 100  # handshakes in flight at once
+SEQ_OFFSET = 1000  # measured broadcasts are numbered from here; warm-ups below
+
+now_ns = time.monotonic_ns
+
+
+def raise_nofile() -> None:
+    """Raise the soft limit on open files to the hard limit (5,000 sockets need it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---------------------------------------------------------------------- /proc readings
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) that process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # Fields after "(comm)": state is index 0, utime is field 14 of the whole line.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss(pid: int) -> int:
+    """Resident memory of process ``pid``, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Window:
+    """CPU used by this process and the servers between ``start()`` and ``stop()``."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self.pids = server_pids
+        self.t0 = self.t1 = 0
+        self.cpu0 = self.cpu1 = 0.0
+        self.srv0: list[float] = []
+        self.srv1: list[float] = []
+
+    def start(self) -> None:
+        self.t0 = now_ns()
+        self.cpu0 = time.process_time()
+        self.srv0 = [proc_cpu(p) for p in self.pids]
+
+    def stop(self) -> None:
+        self.t1 = now_ns()
+        self.cpu1 = time.process_time()
+        self.srv1 = [proc_cpu(p) for p in self.pids]
+
+    @property
+    def seconds(self) -> float:
+        return (self.t1 - self.t0) / 1e9
+
+    def report(self) -> dict[str, Any]:
+        wall = self.seconds
+        server = [b - a for a, b in zip(self.srv0, self.srv1, strict=True)]
+        return {
+            "window_s": round(wall, 4),
+            "window_ns": [self.t0, self.t1],  # time.monotonic_ns(): the servers' GC logs
+            # Percent of one core, averaged over the window (100 = one core busy).
+            "server_cpu": round(100 * sum(server) / wall, 1),
+            "server_cpu_each": [round(100 * s / wall, 1) for s in server],
+            "client_cpu": round(100 * (self.cpu1 - self.cpu0) / wall, 1),
+        }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+# ---------------------------------------------------------------------- connections
+
+
+class Listener(WSListener):  # type: ignore[misc]
+    """A connection; what to do with each text frame is the workload's ``on_text``."""
+
+    def __init__(self, on_text: Callable[[Listener, WSFrame], None] | None) -> None:
+        self.on_text = on_text
+        self.transport: WSTransport | None = None
+        self.sent = 0
+        self.closed = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is TEXT and self.on_text is not None:
+            self.on_text(self, frame)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+
+
+async def connect_many(
+    url: str, count: int, on_text: Callable[[Listener, WSFrame], None] | None, limit: float
+) -> list[Listener]:
+    """Open ``count`` connections, ``CONNECT_CONCURRENCY`` handshakes at a time."""
+    if count <= 0:
+        return []
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one() -> Listener:
+        async with gate:
+            _, listener = await ws_connect(
+                lambda: Listener(on_text), url, websocket_handshake_timeout=10
+            )
+            return listener  # type: ignore[no-any-return]
+
+    return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), limit)
+
+
+def close_all(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        if listener.transport is not None:
+            listener.transport.disconnect(graceful=False)
+
+
+# ---------------------------------------------------------------------- echo
+
+
+async def echo(spec: dict[str, Any]) -> dict[str, Any]:
+    """``connections`` clients, each sending 32 bytes of text and awaiting the echo."""
+    latencies: list[int] = []
+    state = {"recording": False, "running": True, "count": 0, "outstanding": 0}
+    drained = asyncio.get_running_loop().create_future()
+
+    def on_text(conn: Listener, frame: WSFrame) -> None:
+        t = now_ns()
+        if state["recording"]:
+            latencies.append(t - conn.sent)
+            state["count"] += 1
+        if state["running"]:
+            conn.sent = t
+            conn.transport.send(TEXT, ECHO_PAYLOAD)  # type: ignore[union-attr]
+        else:
+            state["outstanding"] -= 1
+            if not state["outstanding"] and not drained.done():
+                drained.set_result(None)
+
+    conns = await connect_many(spec["urls"][0], spec["connections"], on_text, 30)
+    window = Window(spec["server_pids"])
+    for conn in conns:
+        conn.sent = now_ns()
+        conn.transport.send(TEXT, ECHO_PAYLOAD)  # type: ignore[union-attr]
+    await asyncio.sleep(spec["warmup"])
+    state["recording"] = True
+    window.start()
+    await asyncio.sleep(spec["duration"])
+    state["recording"] = False
+    window.stop()
+    state["running"] = False
+    state["outstanding"] = len(conns)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(drained, 5)
+    close_all(conns)
+    ms = [x / 1e6 for x in latencies]
+    return {
+        "messages": state["count"],
+        "msgs_per_s": round(state["count"] / window.seconds, 1),
+        "p50_ms": round(percentile(ms, 0.50), 4),
+        "p99_ms": round(percentile(ms, 0.99), 4),
+        **window.report(),
+    }
+
+
+# ---------------------------------------------------------------------- fan-out
+
+
+class FanOut:
+    """Counts deliveries per broadcast; wakes the publisher when the last one arrives."""
+
+    def __init__(self, expected: int, total: int) -> None:
+        self.expected = expected
+        self.counts = [0] * total
+        self.done_at = [0] * total
+        self.waiting = -1
+        self.waiter: asyncio.Future[None] | None = None
+        self.deliveries = 0
+
+    def on_text(self, conn: Listener, frame: WSFrame) -> None:
+        seq = int(frame.get_payload_as_ascii_text()[:8])
+        self.deliveries += 1
+        count = self.counts[seq] = self.counts[seq] + 1
+        if count == self.expected:
+            self.done_at[seq] = now_ns()
+            if seq == self.waiting and self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+    async def broadcast(self, control: Listener, seq: int, timeout: float) -> int | None:
+        """Trigger broadcast ``seq``; nanoseconds until the last client had it, or None."""
+        self.waiting = seq
+        self.waiter = asyncio.get_running_loop().create_future()
+        t0 = now_ns()
+        control.transport.send(TEXT, b"p %d" % seq)  # type: ignore[union-attr]
+        try:
+            await asyncio.wait_for(self.waiter, timeout)
+        except TimeoutError:
+            return None
+        return self.done_at[seq] - t0
+
+
+async def fanout(spec: dict[str, Any]) -> dict[str, Any]:
+    """Members on each URL, one publisher: ``broadcasts`` one after another, each sent
+    once the previous one reached every (healthy) member.
+
+    ``slow``: that many more members ask the server to fill their socket (``fill``) and
+    stop reading; they are not waited for.
+    """
+    urls: list[str] = spec["urls"]
+    per_url: int = spec["connections"] // len(urls)
+    slow: int = spec.get("slow", 0)
+    broadcasts: int = spec["broadcasts"]
+    timeout: float = spec["timeout"]
+    expected = per_url * len(urls)
+    state = FanOut(expected, SEQ_OFFSET + broadcasts)
+    base = urls[0].rsplit("/ws/", 1)[0]
+
+    members: list[Listener] = []
+    slow_conns: list[Listener] = []
+    control: list[Listener] = []
+    try:
+        for url in urls:
+            members += await connect_many(url, per_url, state.on_text, 60)
+        if slow:
+            slow_conns = await connect_many(urls[0], slow, None, 30)
+            for conn in slow_conns:
+                conn.transport.underlying_transport.pause_reading()  # type: ignore[union-attr]
+                conn.transport.send(TEXT, b"fill")  # type: ignore[union-attr]
+        control = await connect_many(base + "/ws/control", 1, None, 10)
+        if slow:
+            await asyncio.sleep(spec.get("fill_wait", 1.0))
+
+        # Warm-up: until 3 broadcasts in a row reach everybody (members have joined,
+        # subscriptions are live), at most SEQ_OFFSET tries and warmup_limit seconds.
+        good = 0
+        warm_deadline = time.monotonic() + spec.get("warmup_limit", 10.0)
+        for seq in range(SEQ_OFFSET):
+            result = await state.broadcast(control[0], seq, min(timeout, 2.0))
+            good = good + 1 if result is not None else 0
+            if good >= 3 or time.monotonic() > warm_deadline:
+                break
+        result_base: dict[str, Any] = {"members": expected, "slow": slow}
+        if good < 3:
+            return {**result_base, "stalled": True, "completed": 0, "warmup_failed": True}
+
+        window = Window(spec["server_pids"])
+        delivered0 = state.deliveries
+        latencies: list[int] = []
+        window.start()
+        for seq in range(SEQ_OFFSET, SEQ_OFFSET + broadcasts):
+            result = await state.broadcast(control[0], seq, timeout)
+            if result is None:
+                break
+            latencies.append(result)
+        window.stop()
+        deliveries = state.deliveries - delivered0
+        ms = [x / 1e6 for x in latencies]
+        return {
+            **result_base,
+            "stalled": len(latencies) < broadcasts,
+            "completed": len(latencies),
+            "broadcasts": broadcasts,
+            "deliveries": deliveries,
+            "deliveries_per_s": round(deliveries / window.seconds, 1),
+            "p50_ms": round(percentile(ms, 0.50), 3),
+            "p99_ms": round(percentile(ms, 0.99), 3),
+            "max_ms": round(max(ms), 3) if ms else float("nan"),
+            "latencies_ms": [round(x, 3) for x in ms],  # each broadcast, in order
+            **window.report(),
+        }
+    finally:
+        close_all(members + slow_conns + control)
+
+
+# ---------------------------------------------------------------------- idle
+
+
+async def idle(spec: dict[str, Any]) -> dict[str, Any]:
+    """Server RSS before and after opening ``connections`` idle connections."""
+    pid = spec["server_pids"][0]
+    url = spec["urls"][0]
+    # Warm the server up (first connections import and allocate lazily), then measure.
+    warm = await connect_many(url, 50, None, 30)
+    close_all(warm)
+    await asyncio.sleep(spec.get("settle", 1.0))
+    before = proc_rss(pid)
+    conns: list[Listener] = []
+    try:
+        t0 = now_ns()
+        conns = await connect_many(url, spec["connections"], None, 120)
+        connect_s = (now_ns() - t0) / 1e9
+        await asyncio.sleep(spec.get("settle", 1.0))
+        after = proc_rss(pid)
+        window = Window(spec["server_pids"])
+        window.start()
+        await asyncio.sleep(spec.get("hold", 2.0))
+        window.stop()
+        open_now = sum(1 for c in conns if not c.closed)
+        return {
+            "rss_before": before,
+            "rss_after": after,
+            "bytes_per_conn": round((after - before) / spec["connections"]),
+            "open": open_now,
+            "connect_s": round(connect_s, 3),
+            "connects_per_s": round(spec["connections"] / connect_s, 1),
+            **window.report(),
+        }
+    finally:
+        close_all(conns)
+
+
+WORKLOADS = {"echo": echo, "fanout": fanout, "idle": idle}
+
+
+async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.wait_for(WORKLOADS[spec["workload"]](spec), spec["limit"])
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    raise_nofile()
+    try:
+        result: dict[str, Any] = {"ok": True, **uvloop.run(main_async(spec))}
+    except BaseException as exc:  # report, do not hang: the orchestrator reads the line
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # sockets close with the process
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,542 @@
+"""Render the JSON lines of a run as Markdown (``bench/RESULTS.md``) and a PNG plot.
+
+Every figure is the median over the repetitions that completed; the range (min-max)
+follows the headline figure of each row; ratios are to the raw ASGI app of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ORDER = ["raw", "starlette", "nexios-pypi", "nexios", "nexios-sansio"]
+NO_GROUPS = "n/a: no cross-process groups"
+
+Records = dict[str, dict[str, list[dict[str, Any]]]]  # workload -> framework -> reps
+
+
+def load(path: Path) -> tuple[dict[str, Any], Records]:
+    meta: dict[str, Any] = {}
+    records: Records = defaultdict(lambda: defaultdict(list))
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("meta"):
+            meta = row
+        else:
+            records[row["workload"]][row["framework"]].append(row)
+    return meta, records
+
+
+def med(rows: list[dict[str, Any]], key: str) -> float:
+    values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def spread(rows: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+    if len(values) < 2:
+        return ""
+    return f" ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def fmt(value: float, digits: int | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if digits is not None:
+        return f"{value:,.{digits}f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def ratio(value: float, base: float) -> str:
+    if math.isnan(value) or math.isnan(base) or base == 0:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def good(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The repetitions that completed every broadcast (or had none)."""
+    return [r for r in rows if r.get("ok") and not r.get("stalled")]
+
+
+def frameworks(meta: dict[str, Any], records: Records) -> list[str]:
+    seen = {fw for by_fw in records.values() for fw in by_fw}
+    seen |= set(meta.get("frameworks", {}))
+    return [fw for fw in ORDER if fw in seen] + sorted(seen - set(ORDER))
+
+
+def name(meta: dict[str, Any], fw: str) -> str:
+    return str(meta.get("frameworks", {}).get(fw, fw))
+
+
+def sizes(records: Records, prefix: str) -> list[tuple[str, int]]:
+    found = []
+    for key, by_fw in records.items():
+        if key.startswith(prefix):
+            first = next(iter(by_fw.values()))[0]
+            found.append((key, int(first["size"])))
+    return sorted(found, key=lambda kv: kv[1])
+
+
+def gc_share(row: dict[str, Any]) -> float:
+    """Garbage collection's share of the server's CPU time in the window, in percent."""
+    spent = row.get("gc_ms")
+    cpu = row.get("server_cpu")
+    if not spent or not cpu:
+        return math.nan
+    return 100 * (sum(spent) / 1000) / (cpu / 100 * row["window_s"])
+
+
+def gc_cells(rows: list[dict[str, Any]]) -> str:
+    """GC % of server CPU | full (gen 2) collections in the window, longest pause."""
+    for row in rows:
+        row["gc_share"] = gc_share(row)
+        row["gc_full"] = (row.get("gc_count") or [0, 0, math.nan])[2]
+    longest = med(rows, "gc_longest_ms")
+    full = med(rows, "gc_full")
+    pause = f", longest {fmt(longest)} ms" if not math.isnan(longest) else ""
+    return f"{fmt(med(rows, 'gc_share'))} | {fmt(full, 0)}{pause}"
+
+
+def cpu_cells(rows: list[dict[str, Any]]) -> str:
+    return f"{fmt(med(rows, 'server_cpu'))} | {fmt(med(rows, 'client_cpu'))}"
+
+
+def failed_note(rows: list[dict[str, Any]]) -> str:
+    failed = [r for r in rows if not r.get("ok")]
+    if not failed:
+        return ""
+    return f" ({len(failed)} failed: {failed[0].get('error', '')[:80]})"
+
+
+# ---------------------------------------------------------------------- sections
+
+
+def echo_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list[str]:
+    by_fw = records.get("echo")
+    if not by_fw:
+        return []
+    size = next(iter(by_fw.values()))[0]["size"]
+    spec = meta.get("workloads", {}).get("echo", {})
+    lines = [
+        "## Echo",
+        "",
+        f"{size} connections, each sending 32 bytes of text and awaiting the echo (closed "
+        f"loop), {spec.get('duration', '?')} s measured after {spec.get('warmup', '?')} s "
+        "of warm-up. Latency: send to echo, every message.",
+        "",
+        "| framework | messages/s (min-max) | x raw | p50 ms | p99 ms | server CPU % "
+        "| client CPU % | GC % of server CPU | full GCs | reps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = med(good(by_fw.get("raw", [])), "msgs_per_s")
+    for fw in fws:
+        rows = by_fw.get(fw, [])
+        ok = good(rows)
+        if not rows:
+            continue
+        lines.append(
+            f"| {name(meta, fw)} | {fmt(med(ok, 'msgs_per_s'))}{spread(ok, 'msgs_per_s')} "
+            f"| {ratio(med(ok, 'msgs_per_s'), base)} | {fmt(med(ok, 'p50_ms'), 3)} "
+            f"| {fmt(med(ok, 'p99_ms'), 3)} | {cpu_cells(ok)} | {gc_cells(ok)} "
+            f"| {len(ok)}{failed_note(rows)} |"
+        )
+    return [*lines, ""]
+
+
+def fanout_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list[str]:
+    found = sizes(records, "fanout-")
+    if not found:
+        return []
+    lines = [
+        "## Fan-out",
+        "",
+        "All connections in one group; a publisher (a WebSocket control connection) "
+        "triggers 200 broadcasts of 64 bytes of text, one after another: each is sent "
+        "when the previous one has reached every client. Latency: from the trigger to "
+        "the moment the **last** client has the message (p50, p99 over the 200 "
+        "broadcasts); deliveries/s: messages received by all clients over the whole "
+        "window. Raw ASGI and Starlette: a loop of `await send` over a set of "
+        "connections; nexios 3.12 (PyPI): its own `ChannelBox.group_send`; ours: "
+        "`app.channels.publish` (members joined with `ws.join`).",
+        "",
+    ]
+    for key, size in found:
+        by_fw = records[key]
+        base_rows = good(by_fw.get("raw", []))
+        base = med(base_rows, "deliveries_per_s")
+        base_p50 = med(base_rows, "p50_ms")
+        lines += [
+            f"### {size:,} connections",
+            "",
+            "| framework | deliveries/s (min-max) | x raw | last client p50 ms | x raw "
+            "| p99 ms | server CPU % | client CPU % | GC % of server CPU | full GCs | reps |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for fw in fws:
+            rows = by_fw.get(fw, [])
+            if not rows:
+                continue
+            ok = good(rows)
+            d = med(ok, "deliveries_per_s")
+            p50 = med(ok, "p50_ms")
+            lines.append(
+                f"| {name(meta, fw)} | {fmt(d)}{spread(ok, 'deliveries_per_s')} "
+                f"| {ratio(d, base)} | {fmt(p50)} | {ratio(p50, base_p50)} "
+                f"| {fmt(med(ok, 'p99_ms'))} | {cpu_cells(ok)} | {gc_cells(ok)} "
+                f"| {len(ok)}{failed_note(rows)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def idle_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list[str]:
+    found = sizes(records, "idle-")
+    if not found:
+        return []
+    lines = [
+        "## Idle connections",
+        "",
+        "Server RSS (`VmRSS`) after 50 warm-up connections came and went, and again with "
+        "N idle connections open (on `/ws/echo`, nothing sent), 1 s after the last "
+        "handshake; bytes per connection = the difference / N. CPU: the server's, "
+        "over 2 s with the connections open and idle.",
+        "",
+        "| framework | connections | bytes/connection (min-max) | x raw "
+        "| server RSS open, MiB | handshakes/s | server CPU % idle | reps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, size in found:
+        by_fw = records[key]
+        base = med(good(by_fw.get("raw", [])), "bytes_per_conn")
+        for fw in fws:
+            rows = by_fw.get(fw, [])
+            if not rows:
+                continue
+            ok = good(rows)
+            b = med(ok, "bytes_per_conn")
+            lines.append(
+                f"| {name(meta, fw)} | {size:,} | {fmt(b)}{spread(ok, 'bytes_per_conn')} "
+                f"| {ratio(b, base)} | {fmt(med(ok, 'rss_after') / 2**20)} "
+                f"| {fmt(med(ok, 'connects_per_s'))} | {fmt(med(ok, 'server_cpu'))} "
+                f"| {len(ok)}{failed_note(rows)} |"
+            )
+    return [*lines, ""]
+
+
+def cross_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list[str]:
+    found = sizes(records, "cross-")
+    if not found:
+        return []
+    lines = [
+        "## Cross-process fan-out (Redis)",
+        "",
+        "Two server processes of the same app sharing Redis (`redis://127.0.0.1:6379/0`, "
+        "pub/sub), half the connections on each, all in one group; the broadcasts are "
+        "triggered on the first process. Both servers are pinned to the server core "
+        "(their CPU is added up); Redis is not pinned. Latency: until the last client, "
+        "on either process, has the message. The last column compares with the same "
+        "framework's single-process fan-out to the same number of connections.",
+        "",
+        "| framework | connections | deliveries/s (min-max) | p50 ms | p99 ms "
+        "| server CPU % (both) | client CPU % | vs one process, deliveries/s | reps |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, size in found:
+        by_fw = records[key]
+        single = records.get(f"fanout-{size}", {})
+        for fw in fws:
+            rows = by_fw.get(fw, [])
+            if not rows:
+                lines.append(f"| {name(meta, fw)} | {size:,} | {NO_GROUPS} | | | | | | |")
+                continue
+            ok = good(rows)
+            d = med(ok, "deliveries_per_s")
+            one = med(good(single.get(fw, [])), "deliveries_per_s")
+            lines.append(
+                f"| {name(meta, fw)} | {size:,} | {fmt(d)}{spread(ok, 'deliveries_per_s')} "
+                f"| {fmt(med(ok, 'p50_ms'))} | {fmt(med(ok, 'p99_ms'))} | {cpu_cells(ok)} "
+                f"| {ratio(d, one)} | {len(ok)}{failed_note(rows)} |"
+            )
+    return [*lines, ""]
+
+
+def slow_verdict(rows: list[dict[str, Any]]) -> str:
+    stalled = [r for r in rows if r.get("ok") and r.get("stalled")]
+    if not stalled:
+        return ""
+    completed = statistics.median(r.get("completed", 0) for r in stalled)
+    broadcasts = stalled[0].get("broadcasts") or "the warm-up"
+    return (
+        f"stalls in {len(stalled)}/{len(rows)} reps: {completed:g} of {broadcasts} "
+        "broadcasts reached every healthy client"
+    )
+
+
+def slow_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list[str]:
+    found = sizes(records, "slow-")
+    if not found:
+        return []
+    lines = [
+        "## Slow consumer",
+        "",
+        "The fan-out above with 1% of the clients not reading: each of them asks the "
+        "server for 16 MiB (`fill`, sent by its own handler) and stops reading, so the "
+        "socket to it, the kernel's buffers and the server's transport buffer are full and "
+        "any further `await send` to it waits. The healthy clients' latency (the last "
+        "healthy client) is compared with the same framework's fan-out to as many "
+        "clients without the slow ones. A broadcast that does not reach every healthy "
+        "client within the timeout stops the run: a stall.",
+        "",
+        "| framework | healthy / slow | healthy p50 ms | healthy p99 ms | p99 without "
+        "slow clients | x | deliveries/s | server CPU % | client CPU % | result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, _size in found:
+        by_fw = records[key]
+        for fw in fws:
+            rows = by_fw.get(fw, [])
+            if not rows:
+                continue
+            first = rows[0]
+            total = int(first["size"]) + int(first.get("slow", 0))
+            ref = med(good(records.get(f"fanout-{total}", {}).get(fw, [])), "p99_ms")
+            ok = good(rows)
+            p99 = med(ok, "p99_ms")
+            verdict = slow_verdict(rows) or (f"{len(ok)} reps" + failed_note(rows))
+            lines.append(
+                f"| {name(meta, fw)} | {first['size']} / {first.get('slow', 0)} "
+                f"| {fmt(med(ok, 'p50_ms'))} | {fmt(p99)} | {fmt(ref)} | {ratio(p99, ref)} "
+                f"| {fmt(med(ok, 'deliveries_per_s'))} | {cpu_cells(ok)} | {verdict} |"
+            )
+    return [*lines, ""]
+
+
+# ---------------------------------------------------------------------- targets, checks
+
+
+def targets(records: Records) -> list[str]:
+    lines = ["| target | figure | met |", "|---|---|---|"]
+
+    def both(key: str, metric: str) -> tuple[float, float]:
+        by_fw = records.get(key, {})
+        return med(good(by_fw.get("nexios", [])), metric), med(good(by_fw.get("raw", [])), metric)
+
+    if "echo" in records:
+        ours, raw = both("echo", "msgs_per_s")
+        r = ours / raw if raw else math.nan
+        lines.append(
+            f"| echo: nexios ≥ 0.95x raw ASGI messages/s | {r:.3f}x "
+            f"({fmt(ours)} vs {fmt(raw)}) | {'yes' if r >= 0.95 else '**no**'} |"
+        )
+    for key, size in sizes(records, "fanout-"):
+        ours, raw = both(key, "deliveries_per_s")
+        r = ours / raw if raw else math.nan
+        p50o, p50r = both(key, "p50_ms")
+        lines.append(
+            f"| fan-out {size:,}: nexios at least as fast as the raw ASGI loop "
+            f"| {r:.3f}x deliveries/s; last-client p50 {fmt(p50o)} vs {fmt(p50r)} ms "
+            f"| {'yes' if r >= 1.0 else '**no**'} |"
+        )
+    for key, size in sizes(records, "idle-"):
+        ours, raw = both(key, "bytes_per_conn")
+        lines.append(
+            f"| idle {size:,}: report bytes per connection | nexios {fmt(ours)} B, "
+            f"raw {fmt(raw)} B ({ratio(ours, raw)}) | reported |"
+        )
+    for key, size in sizes(records, "slow-"):
+        rows = records[key].get("nexios", [])
+        if not rows:
+            continue
+        total = size + int(rows[0].get("slow", 0))
+        ours = med(good(rows), "p99_ms")
+        ref = med(good(records.get(f"fanout-{total}", {}).get("nexios", [])), "p99_ms")
+        r = ours / ref if ref else math.nan
+        stalled = slow_verdict(rows)
+        met = "yes" if r <= 2.0 and not stalled else "**no**"
+        lines.append(
+            f"| slow consumer: healthy p99 within 2x of the run without the slow clients "
+            f"| {fmt(ours)} ms vs {fmt(ref)} ms = {r:.2f}x {stalled} | {met} |"
+        )
+    return [*lines, ""]
+
+
+def client_check(records: Records) -> list[str]:
+    """Is the load generator the bottleneck? Its CPU against the server's, per row."""
+    worst = (0.0, "")
+    above = []
+    rows = 0
+    for key, by_fw in records.items():
+        if key.startswith("idle-"):
+            continue  # nothing is sent: both are near zero
+        for fw, reps in by_fw.items():
+            ok = good(reps)
+            client, server = med(ok, "client_cpu"), med(ok, "server_cpu")
+            if math.isnan(client) or math.isnan(server) or not server:
+                continue
+            rows += 1
+            share = client / server
+            if share > worst[0]:
+                worst = (share, f"{key}, {fw}: client {fmt(client)}% vs server {fmt(server)}%")
+            if client >= server:
+                above.append(f"{key} / {fw}")
+    if not rows:
+        return []
+    verdict = (
+        "The client used less CPU than the server in every row"
+        if not above
+        else f"**The client used as much CPU as the server in: {', '.join(above)}**"
+    )
+    return [
+        "## Is the client the bottleneck?",
+        "",
+        f"{verdict} (medians, echo, fan-out, slow and cross-process rows; the client is "
+        f"one process on its own core). Highest client/server ratio: "
+        f"{worst[0]:.2f} ({worst[1]}).",
+        "",
+    ]
+
+
+def header(meta: dict[str, Any]) -> list[str]:
+    machine = meta.get("machine", {})
+    lines = [
+        "# nexios benchmark results",
+        "",
+        f"Made by `{meta.get('command', 'python -m bench')}` on {meta.get('date', '?')} "
+        f"(git {meta.get('git', '?')}), {meta.get('reps', '?')} interleaved repetitions; "
+        "every figure is the median of the repetitions.",
+        "",
+        f"Machine: {machine.get('cpus', '?')} cores ({machine.get('cpu', '?')}), Linux "
+        f"{machine.get('kernel', '?')}; load average at start: "
+        f"`{meta.get('load_at_start', '?')}`. Servers pinned to core "
+        f"{machine.get('server_core', '?')}, the load generator (one process, uvloop, "
+        f"picows) to core {machine.get('client_core', '?')} (`taskset`). CPU % is percent "
+        "of one core over the measured window (100 = one core busy).",
+        "",
+        "Every server: uvicorn with httptools and uvloop, log level WARNING, no access "
+        'log. Raw ASGI, Starlette and nexios 3.12: uvicorn\'s `ws="websockets-sansio"`; '
+        "ours: `nexios.server.make_config` (what `app.run()` uses): nexios' protocol, "
+        "a subclass of that same sans-I/O protocol. Versions:",
+        "",
+    ]
+    for fw, versions in meta.get("versions", {}).items():
+        items = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        lines.append(f"- {meta.get('frameworks', {}).get(fw, fw)}: {items}")
+    return [*lines, ""]
+
+
+def render(jsonl: Path, markdown: Path, *, plot: bool = True) -> None:
+    meta, records = load(jsonl)
+    fws = frameworks(meta, records)
+    lines = header(meta)
+    lines += ["## Targets", "", *targets(records)]
+    lines += echo_section(meta, records, fws)
+    lines += fanout_section(meta, records, fws)
+    png = markdown.parent / ("fanout.png" if markdown.name == "RESULTS.md" else "fanout-smoke.png")
+    if plot and sizes(records, "fanout-"):
+        made = make_plot(meta, records, fws, png)
+        picture = f"![fan-out latency against connections]({png.name})"
+        lines += [picture if made is True else str(made), ""]
+    lines += slow_section(meta, records, fws)
+    lines += idle_section(meta, records, fws)
+    lines += cross_section(meta, records, fws)
+    lines += client_check(records)
+    if (BENCH / "PROFILES.md").exists() and markdown.name == "RESULTS.md":
+        lines += [
+            "Where nexios misses a target, and why: [PROFILES.md](PROFILES.md) (py-spy "
+            "profiles and garbage-collection logs).",
+            "",
+        ]
+    lines += [
+        "Raw data: `" + _rel(jsonl) + "` (one JSON line per repetition, the first line "
+        "describes the run).",
+        "",
+    ]
+    markdown.write_text("\n".join(lines))
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(BENCH.parent))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------- plot
+
+
+def make_plot(meta: dict[str, Any], records: Records, fws: list[str], png: Path) -> Any:
+    """Draw with matplotlib from a venv of its own (``bench/.venvs/plot``). True, or why not."""
+    series = []
+    for fw in fws:
+        points = []
+        for key, size in sizes(records, "fanout-"):
+            ok = good(records[key].get(fw, []))
+            if ok:
+                points.append([size, med(ok, "p50_ms"), med(ok, "p99_ms")])
+        if points:
+            series.append({"label": name(meta, fw), "points": points})
+    spec = next((v for k, v in meta.get("workloads", {}).items() if k.startswith("fanout-")), {})
+    title = f"Fan-out: {spec.get('broadcasts', '?')} broadcasts of 64 bytes (medians)"
+    try:
+        from bench.run import PLOT, VENVS, ensure_venv
+
+        python = ensure_venv(VENVS / "plot", [PLOT], VENVS / "plot" / "bin" / "python")
+        done = subprocess.run(
+            [python, "-I", str(BENCH / "plot.py"), str(png)],
+            input=json.dumps({"title": title, "series": series}),
+            text=True,
+            capture_output=True,
+            timeout=120,
+        )
+    except Exception as exc:
+        return f"(no plot: {type(exc).__name__}: {exc})"
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        return f"(no plot: plot.py failed: {done.stderr.strip()[-200:]})"
+    return True
+
+
+# ---------------------------------------------------------------------- smoke
+
+
+def smoke_problems(jsonl: Path) -> list[str]:
+    """What shows that the harness is broken (never a speed): failures, missing figures."""
+    meta, records = load(jsonl)
+    problems = []
+    expected = {"echo": "msgs_per_s", "fanout": "deliveries_per_s", "idle": "bytes_per_conn"}
+    for key, by_fw in records.items():
+        for fw, rows in by_fw.items():
+            for row in rows:
+                where = f"{key} / {fw}"
+                if not row.get("ok"):
+                    problems.append(f"{where}: {row.get('error')}")
+                    continue
+                if row.get("stalled"):
+                    if not key.startswith("slow-"):
+                        problems.append(f"{where}: stalled ({row.get('completed')} done)")
+                    continue
+                metric = expected[row["kind"]]
+                value = row.get(metric)
+                if not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+                    problems.append(f"{where}: no {metric} ({value!r})")
+                if "server_cpu" not in row:
+                    problems.append(f"{where}: no server CPU")
+    wanted = set(meta.get("workloads", {}))
+    missing = wanted - set(records)
+    if missing and not all(k.startswith("cross-") for k in missing):
+        problems.append(f"workloads with no result: {sorted(missing)}")
+    return problems
