@@ -450,23 +450,20 @@ class WebSocket:
     async def send_ping(self, data: bytes | str = b"") -> None:
         """Send a Ping frame (RFC 6455 section 5.5.2); the peer answers with a Pong,
         which ``receive_pong()`` returns."""
-        await self._require_control("send a ping")
-        payload = data.encode() if isinstance(data, str) else bytes(data)
-        if len(payload) > 125:
-            raise ValueError(
-                f"A ping payload is at most 125 bytes (RFC 6455 section 5.5), got {len(payload)}."
-            )
-        await self._send_message({"type": "websocket.ping", "bytes": payload})
+        await self._send_control("ping", data)
 
     async def send_pong(self, data: bytes | str = b"") -> None:
         """Send an unsolicited Pong frame: a one-way heartbeat (RFC 6455 section 5.5.3)."""
-        await self._require_control("send a pong")
+        await self._send_control("pong", data)
+
+    async def _send_control(self, kind: Literal["ping", "pong"], data: bytes | str) -> None:
+        await self._require_control(f"send a {kind}")
         payload = data.encode() if isinstance(data, str) else bytes(data)
         if len(payload) > 125:
             raise ValueError(
-                f"A pong payload is at most 125 bytes (RFC 6455 section 5.5), got {len(payload)}."
+                f"A {kind} payload is at most 125 bytes (RFC 6455 section 5.5), got {len(payload)}."
             )
-        await self._send_message({"type": "websocket.pong", "bytes": payload})
+        await self._send_message({"type": f"websocket.{kind}", "bytes": payload})
 
     # ------------------------------------------------------------------ receiving
 
@@ -685,22 +682,19 @@ class WebSocket:
         Pings are seen from the first call of ``send_ping``, ``receive_ping`` or
         ``receive_pong`` on; earlier ones were answered by the server unseen.
         """
-        self._check_can_receive()
-        await self._require_control("see the peer's pings")
-        if timeout is None:
-            message = await self._next("ping")
-        else:
-            message = await asyncio.wait_for(self._next("ping"), timeout)
-        return bytes(message.get("bytes") or b"")
+        return await self._receive_control("ping", timeout)
 
     async def receive_pong(self, timeout: float | None = None) -> bytes:
         """The payload of the next Pong from the peer (e.g. the answer to send_ping)."""
+        return await self._receive_control("pong", timeout)
+
+    async def _receive_control(self, kind: Literal["ping", "pong"], timeout: float | None) -> bytes:
         self._check_can_receive()
-        await self._require_control("see the peer's pongs")
+        await self._require_control(f"see the peer's {kind}s")
         if timeout is None:
-            message = await self._next("pong")
+            message = await self._next(kind)
         else:
-            message = await asyncio.wait_for(self._next("pong"), timeout)
+            message = await asyncio.wait_for(self._next(kind), timeout)
         return bytes(message.get("bytes") or b"")
 
     async def iter_text(self) -> AsyncIterator[str]:
