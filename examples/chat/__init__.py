@@ -1,0 +1,1 @@
+"""The nexios chat example: ``python -m examples.chat`` (see docs/chat.md)."""
