@@ -19,11 +19,8 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import shutil
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,28 +34,16 @@ from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from _servers import AppServer, free_port, in_ci
+
 pytestmark = pytest.mark.redis
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.cluster_app:app"
-STARTUP_DEADLINE = 10.0  # a server answers GET /health within this
-STOP_DEADLINE = 10.0  # a server exits this long after SIGTERM, else it is killed
 DEADLINE = 5.0  # any other wait
 OUTAGE_DETECTED = 3.0  # both servers report broker_healthy: false this soon after the kill
 OUTAGE = 2.5  # seconds Redis stays down mid-stream: the reconnection backoff reaches its cap
 RECOVERED = 4.0  # ... and true again this soon after the restart (backoff caps at 2 s)
 STREAM_INTERVAL = 0.02  # seconds between two messages of the numbered stream
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrivateRedis:
@@ -103,90 +88,11 @@ class PrivateRedis:
         self.process = None
 
 
-class Server:
+class Server(AppServer):
     """``nexios run tests.cluster_app:app`` in a process of its own."""
 
     def __init__(self, name: str, broker_url: str, directory: Path) -> None:
-        self.name = name
-        self.broker_url = broker_url
-        self.log_path = directory / f"server-{name}.log"
-        self.port = 0
-        self.process: asyncio.subprocess.Process | None = None
-        self.returncode: int | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    async def start(self, http: httpx.AsyncClient) -> None:
-        """Start the process; return once ``GET /health`` answers 200."""
-        for _ in range(3):  # free_port() can race with another process: pick again
-            self.port = free_port()
-            env = {**os.environ, "NEXIOS_BROKER_URL": self.broker_url, "PYTHONUNBUFFERED": "1"}
-            with self.log_path.open("ab") as log:
-                self.process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    *("-m", "nexios", "run", APP),
-                    *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"),
-                    cwd=ROOT,
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                )
-            if await self._ready(http):
-                return
-            if "address already in use" not in self.log().lower():
-                break
-        pytest.fail(f"Server {self.name} did not start.\n{self.log()}", pytrace=False)
-
-    async def _ready(self, http: httpx.AsyncClient) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + STARTUP_DEADLINE
-        while time.monotonic() < deadline:
-            if self.process.returncode is not None:
-                await self.process.wait()
-                return False
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get(self.http + "/health", timeout=1)).status_code == 200:
-                    return True
-            await asyncio.sleep(0.02)
-        await self.stop()
-        return False
-
-    async def stop(self) -> float:
-        """SIGTERM, wait (bounded), SIGKILL if need be; how long it took to exit."""
-        process, self.process = self.process, None
-        if process is None:
-            return 0.0
-        started = time.monotonic()
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_DEADLINE)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-                with self.log_path.open("a") as log:
-                    log.write(f"\n[test] killed: no exit {STOP_DEADLINE} s after SIGTERM\n")
-        self.returncode = process.returncode
-        return time.monotonic() - started
-
-    async def health(self, http: httpx.AsyncClient) -> dict[str, Any]:
-        response = await http.get(self.http + "/health", timeout=2)
-        assert response.status_code == 200, response.text
-        health: dict[str, Any] = response.json()
-        return health
+        super().__init__(name, APP, directory, {"NEXIOS_BROKER_URL": broker_url})
 
     async def publish(self, http: httpx.AsyncClient, room: str, payload: Any) -> int:
         """POST the payload to the room; the number of this server's members it reached."""
@@ -277,7 +183,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     """A private redis-server and two servers A and B sharing it, all stopped afterwards."""
     if shutil.which("redis-server") is None:
         reason = "redis-server is not on PATH (apt-get install redis-server)"
-        if _in_ci():
+        if in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     async with contextlib.AsyncExitStack() as stack:
