@@ -31,6 +31,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from nexios import server as nexios_server
+from nexios._frames import frame_header
 from nexios.server import NexiosWebSocketProtocol, make_config
 
 Scope = dict[str, Any]
@@ -193,11 +194,14 @@ async def test_scope_advertises_the_extensions(compression: str | None, offered:
 
     async with serve(handler) as url, client(url, compression=compression):
         scope = await within(scopes.get())
-    assert scope["extensions"] == {
+    extensions = dict(scope["extensions"])
+    send_nowait = extensions.pop("nexios.websocket.send_nowait")
+    assert extensions == {
         "websocket.http.response": {},
         "nexios.websocket.control": {},
         "nexios.websocket.permessage_deflate": {"offered": offered},
     }
+    assert set(send_nowait) == {"send", "send_nowait"}
 
 
 # Pings and pongs sent by the app
@@ -743,3 +747,173 @@ async def test_app_answering_a_message_the_peer_followed_with_a_protocol_error()
     assert Close.parse(close.data).code == 1002
     assert disconnect["type"] == "websocket.disconnect"
     assert disconnect["code"] == 1002
+
+
+# Frames written by nexios (no extension), the synchronous send, and reading flow control
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+def test_frame_header_matches_websockets(opcode: Opcode, length: int) -> None:
+    payload = b"x" * length
+    ours = frame_header(opcode.value, length) + payload
+    assert ours == Frame(opcode, payload).serialize(mask=False, extensions=[])
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 200_000])
+async def test_messages_of_every_length_class_arrive_whole(length: int) -> None:
+    text = "é" * (length // 2) + "x" * (length % 2)
+    data = bytes(range(256)) * (length // 256) + b"\0" * (length % 256)
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": text})
+        await send({"type": "websocket.send", "bytes": data})
+        await receive()
+
+    async with serve(handler) as url, client(url, max_size=None) as ws:
+        assert await within(ws.recv()) == text
+        assert await within(ws.recv()) == data
+
+
+def protocol_of(scope: Scope) -> NexiosWebSocketProtocol:
+    protocol = scope["extensions"]["nexios.websocket.send_nowait"]["send_nowait"].__self__
+    assert isinstance(protocol, NexiosWebSocketProtocol)
+    return protocol
+
+
+async def test_send_nowait_writes_the_given_frame_as_it_is() -> None:
+    results: asyncio.Queue[Any] = asyncio.Queue()
+    frame = frame_header(Opcode.TEXT.value, 5) + b"hello"
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        extension = scope["extensions"]["nexios.websocket.send_nowait"]
+        nowait = extension["send_nowait"]
+        assert extension["send"] == send
+        message = {"type": "websocket.send", "text": "hello"}
+        results.put_nowait(nowait(message, frame))  # before accept: refused
+        await send({"type": "websocket.accept"})
+        results.put_nowait(nowait(message, frame))
+        results.put_nowait(nowait({"type": "websocket.send", "bytes": b"\1\2"}, None))
+        peer = await receive()  # the client's close
+        results.put_nowait(nowait(message, frame))  # after the peer's close: refused
+        results.put_nowait(peer["type"])
+
+    async with serve(handler) as url:
+        async with RawClient(url) as raw:
+            first = await within(raw.next_event())
+            second = await within(raw.next_event())
+            wire = bytes(raw.wire)
+            raw.protocol.send_close(1000)
+            raw.flush()
+            await within(raw.next_event())  # the echoed Close
+        assert [await within(results.get()) for _ in range(5)] == [
+            False,
+            True,
+            True,
+            False,
+            "websocket.disconnect",
+        ]
+    assert isinstance(first, Frame)
+    assert first.data == b"hello"
+    assert isinstance(second, Frame)
+    assert second.opcode is Opcode.BINARY
+    assert second.data == b"\1\2"
+    assert wire.startswith(frame)
+
+
+async def test_send_nowait_on_a_compressed_connection_compresses() -> None:
+    text = "compressible " * 100
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept", "nexios.permessage_deflate": True})
+        nowait = scope["extensions"]["nexios.websocket.send_nowait"]["send_nowait"]
+        payload = text.encode()
+        assert nowait({"type": "websocket.send", "text": text}, frame_header(1, len(payload)))
+        await receive()
+
+    async with serve(handler) as url, RawClient(url, offer_deflate=True) as raw:
+        frame = await within(raw.next_event())
+        wire = bytes(raw.wire)
+    assert isinstance(frame, Frame)
+    assert frame.data == text.encode()
+    assert wire[0] & 0x40  # RSV1: compressed, not the uncompressed frame handed in
+    assert len(wire) < len(text)
+
+
+async def test_send_nowait_refuses_while_the_peer_does_not_read() -> None:
+    refused = asyncio.Event()
+    sent: list[int] = []
+    chunk = b"\0" * 65536
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        nowait = scope["extensions"]["nexios.websocket.send_nowait"]["send_nowait"]
+        message = {"type": "websocket.send", "bytes": chunk}
+        count = 0
+        for _ in range(2000):  # at most 128 MiB: the buffers fill long before
+            if not nowait(message, None):
+                break
+            count += 1
+        sent.append(count)
+        refused.set()
+        await send(message)  # waits for room, then goes out after the others
+        await send({"type": "websocket.send", "text": "done"})
+        await receive()
+
+    async with serve(handler) as url, RawClient(url) as raw:
+        # The client reads nothing until the server refuses to send at once.
+        await within(refused.wait())
+        assert 0 < sent[0] < 2000
+        received = 0
+        while True:
+            frame = await within(raw.next_event())
+            assert isinstance(frame, Frame)
+            if frame.opcode is Opcode.TEXT:
+                break
+            assert frame.data == chunk
+            received += 1
+    assert frame.data == b"done"
+    assert received == sent[0] + 1  # nothing lost, nothing written twice
+
+
+async def test_reading_pauses_while_the_app_is_behind() -> None:
+    scopes: asyncio.Queue[Scope] = asyncio.Queue()
+    go = asyncio.Event()
+    count = 50
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        scopes.put_nowait(scope)
+        await go.wait()
+        texts = []
+        for _ in range(count):
+            message = await receive()
+            texts.append(message["text"][:8].strip())
+        await send({"type": "websocket.send", "text": ",".join(texts)})
+        await receive()
+
+    async with serve(handler) as url, RawClient(url) as raw:
+        protocol = protocol_of(await within(scopes.get()))
+        paused = asyncio.Event()
+        pause_reading = protocol.transport.pause_reading
+
+        def pause() -> None:
+            pause_reading()
+            paused.set()
+
+        protocol.transport.pause_reading = pause  # type: ignore[method-assign]
+        # 50 messages of 64 KiB: more than one read of the socket takes.
+        for i in range(count):
+            raw.protocol.send_text(f"{i:<8}".encode() + b"." * 65528)
+        raw.flush()
+        await within(paused.wait())
+        # The app reads nothing yet: the server holds the messages of the reads until
+        # more than one waited; the rest wait in the socket.
+        waiting = len(protocol._inbox.items)
+        assert 2 <= waiting < count
+        go.set()
+        frame = await within(raw.next_event())
+        assert isinstance(frame, Frame)
+        assert frame.data.decode() == ",".join(str(i) for i in range(count))
+        assert not protocol.read_paused

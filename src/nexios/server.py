@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 from asyncio.transports import BaseTransport
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -27,6 +28,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
+from nexios._frames import BINARY, TEXT, frame_header
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
     from uvicorn.server import ServerState
@@ -37,6 +40,7 @@ __all__ = ["NexiosWebSocketProtocol", "make_config", "run"]
 
 CONTROL_EXTENSION: Final = "nexios.websocket.control"
 DEFLATE_EXTENSION: Final = "nexios.websocket.permessage_deflate"
+SEND_NOWAIT_EXTENSION: Final = "nexios.websocket.send_nowait"
 
 # RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
 MAX_CONTROL_PAYLOAD: Final = 125
@@ -64,9 +68,9 @@ class _ServerConnection(ServerProtocol):
     """
 
     def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.CLOSE:
+        if frame.opcode is _CLOSE:
             self.current_size = None
-        super().recv_frame(frame)
+        _recv_frame(self, frame)
 
     def accept(self, request: Request) -> Response:
         response = super().accept(request)
@@ -75,6 +79,41 @@ class _ServerConnection(ServerProtocol):
             # version it speaks.
             response.headers["Sec-WebSocket-Version"] = "13"
         return response
+
+
+_recv_frame = ServerProtocol.recv_frame
+_TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+
+
+class _Inbox:
+    """The events waiting for the app: what uvicorn keeps in an ``asyncio.Queue``, with
+    only what the protocol uses of it (``put_nowait``, ``empty``), and read by
+    `NexiosWebSocketProtocol.receive` without a coroutine of its own."""
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: deque[ASGIReceiveEvent] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        self.items.append(item)
+        if self.waiters:
+            self.wake()
+
+    def wake(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def empty(self) -> bool:
+        return not self.items
+
+    def qsize(self) -> int:
+        return len(self.items)
 
 
 class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -119,6 +158,8 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             max_size=config.ws_max_size,
             logger=self.conn.logger,
         )
+        self._inbox = _Inbox()
+        self.queue = cast("asyncio.Queue[ASGIReceiveEvent]", self._inbox)
         self._deflate_offered = False
         self._forward_control = False
         self._pending_control = 0
@@ -161,6 +202,7 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         extensions = self.scope.setdefault("extensions", {})
         extensions[CONTROL_EXTENSION] = {}
         extensions[DEFLATE_EXTENSION] = {"offered": self._deflate_offered}
+        extensions[SEND_NOWAIT_EXTENSION] = {"send": self.send, "send_nowait": self.send_nowait}
 
     def _settle_extensions(self, message: Mapping[str, Any]) -> None:
         """Apply the ``nexios.*`` keys of the app's accept, before the 101 goes out."""
@@ -189,13 +231,17 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             self.handle_parser_exception()
 
     def handle_events(self) -> None:
+        transport = self.transport
         for event in self.conn.events_received():
-            if self.transport.is_closing():
+            if transport.is_closing():
                 # Failed or closed while handling an earlier event of this read: nothing to do.
                 break
-            if isinstance(event, Request):
-                self.handle_connect(event)
-            elif isinstance(event, Frame):
+            if not isinstance(event, Frame):
+                self.handle_connect(cast("Request", event))
+            elif event.fin and (event.opcode is _TEXT or event.opcode is _BINARY):
+                # A whole message in one frame, the common case: straight to the app.
+                self._deliver(event.opcode is _TEXT, event.data)
+            else:
                 self._handle_frame(event)
 
     def _handle_frame(self, frame: Frame) -> None:
@@ -238,24 +284,54 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait(cast("ASGIReceiveEvent", {"type": kind, "bytes": bytes(frame.data)}))
 
     async def receive(self) -> ASGIReceiveEvent:
-        message = await super().receive()
-        if message["type"] in ("websocket.ping", "websocket.pong"):
+        inbox = self._inbox
+        items = inbox.items
+        while not items:
+            waiter = self.loop.create_future()
+            inbox.waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter in inbox.waiters:
+                    inbox.waiters.remove(waiter)
+                elif items:
+                    inbox.wake()  # woken, then cancelled: pass the event on
+                raise
+        message = items.popleft()
+        if self.read_paused and not items:
+            self.read_paused = False
+            self.transport.resume_reading()
+        kind: str = message["type"]
+        if kind == "websocket.ping" or kind == "websocket.pong":
             self._pending_control -= 1
         return message
 
     def send_receive_event_to_app(self) -> None:
-        if self.curr_msg_data_type == "bytes" or self.close_sent:
-            super().send_receive_event_to_app()
-            return
+        # The end of a fragmented message (handle_cont).
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []
-        try:
-            text = data.decode()
-        except UnicodeDecodeError as exc:
-            self._fail_invalid_text(exc)
+        self._deliver(self.curr_msg_data_type == "text", data)
+
+    def _deliver(self, text: bool, data: bytes | bytearray | memoryview) -> None:
+        if self.close_sent:
+            # The app is past `websocket.close`: the message is dropped, reading goes on
+            # until the peer's Close arrives.
             return
-        self.queue.put_nowait({"type": "websocket.receive", "text": text})
-        if not self.read_paused:
+        event: ASGIReceiveEvent
+        if text:
+            try:
+                event = {"type": "websocket.receive", "text": bytes(data).decode()}
+            except UnicodeDecodeError as exc:
+                self._fail_invalid_text(exc)
+                return
+        else:
+            event = {"type": "websocket.receive", "bytes": bytes(data)}
+        inbox = self._inbox
+        inbox.put_nowait(event)
+        # Flow control: stop reading the socket while the app is behind by more than one
+        # message (uvicorn pauses after every message, which costs the event loop two
+        # calls, and often a system call, per message).
+        if len(inbox.items) > 1 and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
 
@@ -292,9 +368,60 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # Messages from the app
 
+    def _open_for_writing(self) -> bool:
+        """Whether a data frame can go out now without waiting: the connection is open
+        (accepted, no Close sent or received, not lost) and the write buffer is below its
+        high-water mark."""
+        return (
+            self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and not self._closed_by_server
+            and self.initial_response is None
+            and self.writable.is_set()
+            and self.conn.state is OPEN
+        )
+
+    def _write_data(self, message: Mapping[str, Any], frame: bytes | None = None) -> None:
+        """Frame a ``websocket.send`` message and write it; the connection is open."""
+        data = message.get("bytes")
+        if self.conn.extensions:
+            # permessage-deflate: websockets compresses, with this connection's context.
+            if data is not None:
+                self.conn.send_binary(data)
+            else:
+                self.conn.send_text(message["text"].encode())
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        elif frame is not None:
+            self.transport.write(frame)
+        elif data is not None:
+            self.transport.write(frame_header(BINARY, len(data)) + data)
+        else:
+            payload = message["text"].encode()
+            self.transport.write(frame_header(TEXT, len(payload)) + payload)
+
+    def send_nowait(self, message: Mapping[str, Any], frame: bytes | None = None) -> bool:
+        """Send a ``websocket.send`` message now, if that needs no waiting; else send
+        nothing and return False (then ``await send(message)``: it waits for room, or
+        raises if the connection is gone).
+
+        *frame*, if given, is the message as an unmasked final frame with no extension
+        (`frame_header` + payload): built once, it is written as is to every connection
+        that negotiated no extension. The ``nexios.websocket.send_nowait`` extension.
+        """
+        if not self._open_for_writing():
+            return False
+        self._write_data(message, frame)
+        return True
+
     async def send(self, message: ASGISendEvent) -> None:
         fields = cast("Mapping[str, Any]", message)
         kind = fields["type"]
+        if kind == "websocket.send" and self._open_for_writing():
+            # The common case, without suspending: uvicorn's path but for the frame, built
+            # here (websockets builds it when an extension is negotiated).
+            self._write_data(fields)
+            return
         if self._closed_by_server and kind in _AFTER_SERVER_CLOSE:
             self._closed_by_server_send(kind)
             return
