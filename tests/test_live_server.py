@@ -1413,3 +1413,66 @@ async def test_failing_startup_hook_stops_the_server_from_starting(live_server: 
     assert type(info.value).__name__ == "LiveServerError"
     assert "Application startup failed: RuntimeError: database is down" in str(info.value)
     assert events == ["startup"]
+
+
+# Group messages: written at once by nexios' server, but never around a middleware
+
+
+async def test_group_messages_reach_plain_wrapped_and_compressed_members(
+    live_server: Any,
+) -> None:
+    """The layer writes group messages straight to the socket when it can; a member whose
+    ``send`` an ASGI middleware wraps gets them through the middleware, and a compressed
+    member gets them compressed."""
+    seen_by_middleware: list[str] = []
+
+    class Shout:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def shout(message: Any) -> None:
+                if message["type"] == "websocket.send" and message.get("text"):
+                    seen_by_middleware.append(message["text"])
+                    message = {**message, "text": message["text"].upper()}
+                await send(message)
+
+            await self.app(scope, receive, shout)
+
+    app = NexiosApp()
+
+    async def member(ws: WebSocket) -> None:
+        if ws.query_params.get("deflate"):
+            ws.enable_compression()
+        await ws.accept()
+        await ws.join("room")
+        await ws.send_text("joined")
+        async for _ in ws.iter_text():
+            pass
+
+    app.add_ws_route(WebsocketRoutes("/plain", member))
+    app.add_ws_route(WebsocketRoutes("/shout", member, middleware=[Shout]))
+
+    @app.ws_route("/publish")
+    async def publish(ws: WebSocket) -> None:
+        await ws.accept()
+        async for text in ws.iter_text():
+            await app.channels.publish("room", text)
+
+    async with (
+        live_server(app) as server,
+        client(server.ws + "/plain", compression=None) as plain,
+        client(server.ws + "/shout", compression=None) as shouted,
+        client(server.ws + "/plain?deflate=1") as compressed,
+        client(server.ws + "/publish") as publisher,
+    ):
+        for ws in (plain, shouted, compressed):
+            assert (await within(ws.recv())).lower() == "joined"
+        assert [e.name for e in compressed.protocol.extensions] == ["permessage-deflate"]
+        texts = [f"hello {i} " * (1 + 50 * i) for i in range(4)]  # some over 125 bytes
+        for text in texts:
+            await publisher.send(text)
+        assert [await within(plain.recv()) for _ in texts] == texts
+        assert [await within(shouted.recv()) for _ in texts] == [t.upper() for t in texts]
+        assert [await within(compressed.recv()) for _ in texts] == texts
+    assert seen_by_middleware == ["joined", *texts]

@@ -64,6 +64,8 @@ class FakeWS:
         self.fail: BaseException | None = None
         self.close_error: BaseException | None = None
         self.closes: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
+        # No synchronous send (a server without nexios' send_nowait extension).
+        self._send_nowait: Any = None
 
     async def _send(self, message: Message) -> None:
         if self.fail is not None:
@@ -99,6 +101,27 @@ class FakeWS:
 
         await within(wait())
         return texts(self.sent)
+
+
+class DirectWS(FakeWS):
+    """A connection on nexios' server: ``_send_nowait`` sends at once while the socket
+    takes data (``writable``), and refuses (returns False) when it does not."""
+
+    def __init__(self, name: str = "ws-1") -> None:
+        super().__init__(name)
+        self.writable = True
+        self.frames: list[bytes | None] = []
+        self.direct = 0
+        self._send_nowait = self._direct
+
+    def _direct(self, message: Message, frame: bytes | None) -> bool:
+        if not self.writable:
+            return False
+        self.direct += 1
+        self.frames.append(frame)
+        self.sent.append(message)
+        self._arrived.put_nowait(message)
+        return True
 
 
 class Recorder:
@@ -159,18 +182,73 @@ async def test_messages_go_out_in_order_through_one_writer() -> None:
     assert outbox._task is None  # no writer before the first message
     for i in range(5):
         assert outbox.push(msg(i)) is True
-    assert await ws.sent_count(5) == [0, 1, 2, 3, 4]
     writer = outbox._task
     assert writer is not None
-    assert not writer.done()
-    # Idle, the writer waits; the next message wakes the same task.
+    assert await ws.sent_count(5) == [0, 1, 2, 3, 4]
+    # Nothing waits: the writer ends (an idle member holds no task) ...
+    await within(asyncio.wait({writer}))
+    assert outbox._task is None
+    # ... and the next message starts another.
     for i in range(5, 8):
         assert outbox.push(msg(i)) is True
+    assert outbox._task is not None
     assert await ws.sent_count(8) == list(range(8))
-    assert outbox._task is writer
     assert outbox.dropped == 0
     assert report.events == []
     outbox.close()
+
+
+async def test_sent_at_once_when_the_server_can() -> None:
+    ws = DirectWS()
+    outbox, report = make(ws, maxsize=2)
+    frame = b"\x81\x01x"
+    for i in range(5):
+        assert outbox.push(msg(i), frame) is True
+    # Sent inside push: no task, nothing queued, nothing dropped with a queue of 2.
+    assert texts(ws.sent) == [0, 1, 2, 3, 4]
+    assert ws.frames == [frame] * 5
+    assert outbox._task is None
+    assert len(outbox.queue) == 0
+    assert outbox.dropped == 0
+    assert report.events == []
+
+
+async def test_order_is_kept_when_the_socket_is_full() -> None:
+    ws = DirectWS()
+    outbox, report = make(ws, maxsize=8)
+    assert outbox.push(msg(0)) is True
+    ws.writable = False  # the socket's buffer is full: the server refuses to send now
+    ws.stall()  # and the awaitable send waits for room
+    assert outbox.push(msg(1)) is True
+    await within(ws.blocked.wait())  # the writer took 1 and waits for room
+    ws.writable = True
+    # A writer is running: later messages queue behind it, never overtake it.
+    for i in range(2, 5):
+        assert outbox.push(msg(i)) is True
+    assert ws.direct == 1
+    ws.resume()
+    assert await ws.sent_count(5) == [0, 1, 2, 3, 4]
+    writer = outbox._task
+    if writer is not None:
+        await within(asyncio.wait({writer}))
+    # Caught up: sent at once again.
+    assert outbox.push(msg(5)) is True
+    assert texts(ws.sent) == [0, 1, 2, 3, 4, 5]
+    assert ws.direct == 2
+    assert report.events == []
+
+
+async def test_a_closed_connection_is_not_sent_to_at_once() -> None:
+    ws = DirectWS()
+    outbox, report = make(ws)
+    ws.application_state = WebSocketState.DISCONNECTED
+    assert outbox.push(msg(0)) is True  # queued; the writer finds the connection gone
+    writer = outbox._task
+    assert writer is not None
+    await within(asyncio.wait({writer}))
+    assert ws.sent == []
+    assert report.events == ["gone"]
+    assert outbox.push(msg(1)) is False
 
 
 async def test_a_full_outbox_holds_maxsize_and_the_one_in_flight() -> None:
@@ -324,8 +402,9 @@ async def test_close_policy_counts_what_it_drops() -> None:
 # ---------------------------------------------------------------------------- held
 
 
-async def test_a_held_outbox_sends_nothing_until_released() -> None:
-    ws = FakeWS()
+@pytest.mark.parametrize("kind", [FakeWS, DirectWS])
+async def test_a_held_outbox_sends_nothing_until_released(kind: type[FakeWS]) -> None:
+    ws = kind()
     outbox, report = make(ws, maxsize=4, held=True)
     for i in range(3):
         assert outbox.push(msg(i)) is True
@@ -472,18 +551,17 @@ async def test_close_cancels_a_blocked_writer() -> None:
     outbox.close()  # twice: nothing happens
 
 
-async def test_close_cancels_an_idle_writer() -> None:
+async def test_close_of_an_idle_outbox() -> None:
     ws = FakeWS()
     outbox, _ = make(ws)
     outbox.push(msg(0))
-    assert await ws.sent_count(1) == [0]
     writer = outbox._task
     assert writer is not None
-    await settle()
-    assert not writer.done()  # waiting for the next message
-    outbox.close()
+    assert await ws.sent_count(1) == [0]
     await within(asyncio.wait({writer}))
-    assert writer.cancelled()
+    assert outbox._task is None  # idle: no task to cancel
+    outbox.close()
+    assert outbox.push(msg(1)) is False
 
     never_used, _ = make(FakeWS("ws-2"))
     never_used.close()  # no writer yet: nothing to cancel

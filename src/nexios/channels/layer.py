@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from nexios._frames import BINARY, TEXT, frame_header
 from nexios.channels.brokers.base import Broker, BrokerUnavailable
 from nexios.channels.brokers.memory import MemoryBroker
 from nexios.channels.outbox import Outbox, SlowConsumerPolicy
@@ -118,13 +119,14 @@ def _decode(kind: str, body: bytes) -> Any:
     return body
 
 
-def _message(kind: str, body: bytes, encoding: str) -> Message:
-    """The ASGI message a member with ``encoding`` gets for a payload of ``kind``."""
+def _form(kind: str, body: bytes, encoding: str) -> tuple[Message, bytes]:
+    """The ASGI message a member with ``encoding`` gets for a payload of ``kind``, and the
+    same message framed (for servers that write it as it is: ``Outbox.push``)."""
     if kind == "bytes" or encoding == "bytes":
-        return {"type": "websocket.send", "bytes": body}
+        return {"type": "websocket.send", "bytes": body}, frame_header(BINARY, len(body)) + body
     if encoding == "json" and kind == "text":
-        return {"type": "websocket.send", "text": orjson.dumps(body.decode()).decode()}
-    return {"type": "websocket.send", "text": body.decode()}
+        body = orjson.dumps(body.decode())
+    return {"type": "websocket.send", "text": body.decode()}, frame_header(TEXT, len(body)) + body
 
 
 class ChannelLayer:
@@ -324,15 +326,15 @@ class ChannelLayer:
         members = self._groups.get(group)
         if not members:
             return 0
-        messages: dict[str, Message] = {}
+        forms: dict[str, tuple[Message, bytes]] = {}
         delivered = 0
-        for ws, outbox in list(members.items()):  # a snapshot: members may leave meanwhile
-            if ws is exclude:
+        for outbox in list(members.values()):  # a snapshot: members may leave meanwhile
+            if outbox.ws is exclude:
                 continue
-            message = messages.get(outbox.encoding)
-            if message is None:
-                message = messages[outbox.encoding] = _message(kind, body, outbox.encoding)
-            if outbox.push(message):
+            form = forms.get(outbox.encoding)
+            if form is None:
+                form = forms[outbox.encoding] = _form(kind, body, outbox.encoding)
+            if outbox.push(form[0], form[1]):
                 delivered += 1
         self.stats.delivered += delivered
         return delivered
@@ -376,7 +378,7 @@ class ChannelLayer:
         delivered = 0
         for member_id in ids:
             for outbox in list(self._by_id.get(member_id, ())):
-                if outbox.push(_message(kind, body, outbox.encoding)):
+                if outbox.push(*_form(kind, body, outbox.encoding)):
                     delivered += 1
         self.stats.delivered += delivered
         return delivered

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from nexios._tasks import spawn
 from nexios.types import Message
+from nexios.websockets.base import WebSocketState
 
 if TYPE_CHECKING:
     from nexios.websockets.base import WebSocket
@@ -36,6 +37,8 @@ POLICIES: tuple[str, ...] = get_args(SlowConsumerPolicy)
 
 SLOW_CONSUMER_CLOSE = (1013, "Slow consumer: too many messages waiting")
 
+_CONNECTED = WebSocketState.CONNECTED
+
 
 class Outbox:
     """The messages waiting to be sent to one connection, and the task sending them."""
@@ -43,7 +46,6 @@ class Outbox:
     __slots__ = (
         "_report",
         "_task",
-        "_waiter",
         "closed",
         "dropped",
         "encoding",
@@ -84,22 +86,29 @@ class Outbox:
         # Called with "dropped", "closed_slow" or "gone" (the connection cannot be sent to).
         self._report = report
         self._task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
-    def push(self, message: Message) -> bool:
-        """Queue ``message``; never blocks. False if it was dropped (or the outbox closed)."""
+    def push(self, message: Message, frame: bytes | None = None) -> bool:
+        """Send or queue ``message``; never blocks. False if it was dropped (or the outbox
+        closed). ``frame``: the message already framed (see ``nexios._frames``), for a
+        server that can write it as it is."""
         if self.closed:
             return False
         queue = self.queue
+        if not queue and self._task is None and not self.held:
+            # Nothing waits and no writer runs: send now if the server can without waiting
+            # (nexios' server, when the socket takes it), with no task and no wake-up.
+            ws = self.ws
+            send_nowait = ws._send_nowait
+            if (
+                send_nowait is not None
+                and ws.application_state is _CONNECTED
+                and send_nowait(message, frame)
+            ):
+                return True
         if len(queue) >= self.maxsize:
             return self._full(message)
         queue.append(message)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-        elif self._task is None and not self.held:
+        if self._task is None and not self.held:
             self._task = asyncio.get_running_loop().create_task(self._write())
         return True
 
@@ -154,22 +163,18 @@ class Outbox:
             logger.debug("Could not close slow WebSocket %s", self.ws.id, exc_info=True)
 
     async def _write(self) -> None:
+        """Send what waits, in order; end when nothing does (the next push starts again)."""
         queue = self.queue
         send = self.ws._send
         ws = self.ws
-        connected = ws.application_state.CONNECTED
-        loop = asyncio.get_running_loop()
         try:
-            while True:
-                while queue:
-                    if ws.application_state is not connected:
-                        self.closed = True
-                        queue.clear()
-                        self._report(self, "gone", 0)
-                        return
-                    await send(queue.popleft())
-                waiter = self._waiter = loop.create_future()
-                await waiter
+            while queue:
+                if ws.application_state is not _CONNECTED:
+                    self.closed = True
+                    queue.clear()
+                    self._report(self, "gone", 0)
+                    return
+                await send(queue.popleft())
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -177,6 +182,9 @@ class Outbox:
             self.closed = True
             self.queue.clear()
             self._report(self, "gone", 0)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
 
     def close(self) -> None:
         """Stop sending: drop what waits and end the writer task."""

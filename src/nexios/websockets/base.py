@@ -41,6 +41,7 @@ logger = logging.getLogger("nexios.websockets")
 
 CONTROL_EXTENSION = "nexios.websocket.control"
 DEFLATE_EXTENSION = "nexios.websocket.permessage_deflate"
+SEND_NOWAIT_EXTENSION = "nexios.websocket.send_nowait"
 HTTP_RESPONSE_EXTENSION = "websocket.http.response"
 
 # Pings and pongs nobody has asked for yet are kept, but only the latest few.
@@ -118,6 +119,7 @@ class WebSocket:
         "_reading",
         "_receive",
         "_send",
+        "_send_nowait",
         "_state",
         "_waiters",
         "_want_compression",
@@ -138,6 +140,7 @@ class WebSocket:
         self.scope = scope
         self._receive = receive
         self._send = send
+        self._send_nowait = _send_nowait(scope, send)
         self.client_state = _CONNECTING
         self.application_state = _CONNECTING
         self.close_code: int | None = None
@@ -170,6 +173,7 @@ class WebSocket:
         self.scope = scope
         self._receive = receive
         self._send = send
+        self._send_nowait = _send_nowait(scope, send)
         self._headers = None
         self._query_params = None
         self._state = None
@@ -603,7 +607,8 @@ class WebSocket:
 
         Raises WebSocketDisconnect when the peer closed.
         """
-        self._check_can_receive()
+        if self.client_state is _DISCONNECTED or self.application_state is not _CONNECTED:
+            self._check_can_receive()
         if timeout is not None:
             message = await asyncio.wait_for(self._next("data"), timeout)
         elif self._reading or self._backlog or self._final is not None:
@@ -618,13 +623,8 @@ class WebSocket:
                 self._wake_one()
                 raise
             self._reading = False
-            self._route(message)
-            kind = message["type"]
-            if kind != "websocket.receive" and kind != "websocket.disconnect":
-                self._keep(message)  # a ping or pong someone else waits for
-                message = await self._next("data")
-            elif self._waiters is not None:
-                self._wake_one()
+            if message["type"] != "websocket.receive" or self._waiters is not None:
+                message = await self._settle(message)
         if message["type"] == "websocket.disconnect":
             self._on_disconnect(message)
             raise WebSocketDisconnect(self.close_code or 1005, self.close_reason)
@@ -634,6 +634,18 @@ class WebSocket:
         if self.listeners:
             text = message.get("text")
             await self.emit("message", message.get("bytes") if text is None else text)
+        return message
+
+    async def _settle(self, message: Message) -> Message:
+        """After reading ``message`` for a data receive: the data message to return, once
+        a disconnect woke everyone, or a ping or pong went to whoever waits for it."""
+        self._route(message)
+        kind = message["type"]
+        if kind != "websocket.receive" and kind != "websocket.disconnect":
+            self._keep(message)  # a ping or pong someone else waits for
+            return await self._next("data")
+        if self._waiters is not None:
+            self._wake_one()
         return message
 
     async def emit(self, event: str, *args: Any) -> None:
@@ -650,11 +662,7 @@ class WebSocket:
 
     async def receive_text(self, timeout: float | None = None) -> str:
         """The next message, which must be text (else WebSocketUnsupportedData, code 1003)."""
-        message = await self.receive(timeout)
-        text = message.get("text")
-        if text is None:
-            raise WebSocketUnsupportedData("Expected a text message, got a binary one.")
-        return str(text)
+        return _text_of(await self.receive(timeout))
 
     async def receive_bytes(self, timeout: float | None = None) -> bytes:
         """The next message, which must be binary (else WebSocketUnsupportedData, 1003)."""
@@ -701,7 +709,7 @@ class WebSocket:
         """Text messages until the peer closes; then ``ws.close_code`` says how."""
         try:
             while True:
-                yield await self.receive_text()
+                yield _text_of(await self.receive())
         except WebSocketDisconnect:
             pass
 
@@ -768,6 +776,13 @@ _LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
 _LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
 
 
+def _text_of(message: Message) -> str:
+    text: str | None = message.get("text")
+    if text is None:
+        raise WebSocketUnsupportedData("Expected a text message, got a binary one.")
+    return text
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -790,6 +805,16 @@ def decode_json(data: str | bytes) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         raise WebSocketInvalidJSON(f"Message is not valid JSON: {reason}.") from None
+
+
+def _send_nowait(scope: Scope, send: Send) -> Callable[[Message, bytes | None], bool] | None:
+    """The server's synchronous send (the ``nexios.websocket.send_nowait`` extension), if
+    ``send`` is the server's own: a middleware that wraps ``send`` must see every message."""
+    extension = (scope.get("extensions") or {}).get(SEND_NOWAIT_EXTENSION)
+    if extension is not None and extension.get("send") == send:
+        nowait: Callable[[Message, bytes | None], bool] = extension["send_nowait"]
+        return nowait
+    return None
 
 
 def _header_pair(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
