@@ -217,9 +217,12 @@ async def announce(request: Request) -> dict[str, Any]:
 @app.get("/rooms/{room}")
 async def who(request: Request) -> dict[str, Any]:
     room = request.path_params["room"]
-    if room_problem(room) is not None:
-        raise HTTPException(404, room_problem(room))
+    problem = room_problem(room)
+    if problem is not None:
+        raise HTTPException(404, problem)
     roster = await presence.roster(room)
+    if roster.gone:
+        await tell_presence(room, roster)
     return {"room": room, "members": roster.names, "version": roster.version}
 
 
