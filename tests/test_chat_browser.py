@@ -161,7 +161,7 @@ async def announce(http: httpx.AsyncClient, server: AppServer, room: str, text: 
 
 
 async def test_two_pages_share_a_room_and_a_third_room_stays_apart(
-    server: AppServer, http: httpx.AsyncClient, browser: Browser
+    browser: Browser, server: AppServer, http: httpx.AsyncClient
 ) -> None:
     alice, bob, carol = [await Person.open(browser, server) for _ in range(3)]
     await alice.join("alice", "lobby")
@@ -190,7 +190,7 @@ async def test_two_pages_share_a_room_and_a_third_room_stays_apart(
     await alice.page.screenshot(path=SCREENSHOT)
 
 
-async def test_a_page_that_reloads_gets_the_history(server: AppServer, browser: Browser) -> None:
+async def test_a_page_that_reloads_gets_the_history(browser: Browser, server: AppServer) -> None:
     alice, bob = [await Person.open(browser, server) for _ in range(2)]
     await alice.join("alice", "lobby")
     await bob.join("bob", "lobby")
@@ -209,7 +209,7 @@ async def test_a_page_that_reloads_gets_the_history(server: AppServer, browser: 
 
 
 async def test_the_page_reconnects_when_the_server_restarts(
-    server: AppServer, http: httpx.AsyncClient, browser: Browser
+    browser: Browser, server: AppServer, http: httpx.AsyncClient
 ) -> None:
     alice = await Person.open(browser, server)
     await alice.join("alice", "lobby")
@@ -226,7 +226,7 @@ async def test_the_page_reconnects_when_the_server_restarts(
     await expect(alice.texts).to_have_text(["before", "after"])
 
 
-async def test_a_taken_name_is_refused_with_its_reason(server: AppServer, browser: Browser) -> None:
+async def test_a_taken_name_is_refused_with_its_reason(browser: Browser, server: AppServer) -> None:
     alice, other = [await Person.open(browser, server) for _ in range(2)]
     await alice.join("alice", "lobby")
     await other.page.fill("#name", "alice")
@@ -240,7 +240,7 @@ async def test_a_taken_name_is_refused_with_its_reason(server: AppServer, browse
 
 @pytest.mark.redis
 async def test_two_processes_on_redis_share_rooms_history_and_presence(
-    tmp_path: Path, http: httpx.AsyncClient, browser: Browser, redis_url: str
+    browser: Browser, tmp_path: Path, http: httpx.AsyncClient, redis_url: str
 ) -> None:
     room, other = f"room-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
     try:
