@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+import examples.chat.app as chat_app
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from examples.chat.app import app
-from examples.chat.presence import MemoryPresence, Presence, RedisPresence
+from examples.chat.presence import MemoryPresence, Presence, PresenceUnavailable, RedisPresence
 from examples.chat.protocol import MAX_NAME, MAX_TEXT
 
 from _servers import ROOT, free_port
@@ -308,6 +310,59 @@ async def test_redis_presence_drops_the_names_of_a_process_that_is_gone(
         await here.release(room, "bob", "tab-b", "conn-2")
     finally:
         await here.stop()
+
+
+async def test_a_name_that_could_not_be_given_back_is_given_back_later(
+    client: AsyncTestClient, room: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = chat_app.presence
+    release = store.release
+    reachable = False
+
+    async def flaky_release(*args: str) -> int | None:
+        if not reachable:
+            raise PresenceUnavailable("Redis is unreachable")
+        return await release(*args)
+
+    monkeypatch.setattr(store, "release", flaky_release)
+    async with person(client, room, "alice") as (alice, _):
+        async with person(client, room, "bob"):
+            await alice.receive_json()  # bob joined
+        # bob left while the store was unreachable: he is still listed ...
+        assert (await client.get(f"/rooms/{room}")).json()["members"] == ["alice", "bob"]
+        reachable = True
+        await chat_app.sweep_once()
+        # ... until the next sweep.
+        notice = await alice.receive_json()
+        assert (notice["left"], notice["members"]) == (["bob"], ["alice"])
+
+
+@pytest.mark.redis
+async def test_people_are_claimed_again_when_redis_lost_them(
+    redis_url: str, room: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisPresence(redis_url)
+    monkeypatch.setattr(chat_app, "presence", store)
+    async with (
+        TestClient(app) as client,
+        person(client, room, "alice") as (alice, _),
+        person(client, room, "bob") as (_, welcome),
+    ):
+        await alice.receive_json()  # bob joined
+        assert await store.heartbeat()
+        # Redis restarts empty: the room and this process's heartbeat are gone.
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            await redis.delete(*store._keys(room), store._alive(store.process))
+        finally:
+            await redis.aclose()
+        assert (await client.get(f"/rooms/{room}")).json()["members"] == []
+
+        await chat_app.sweep_once()  # what every process does every HEARTBEAT seconds
+        notice = await alice.receive_json()
+        assert notice["members"] == ["alice", "bob"]
+        assert notice["version"] > welcome["version"]  # the pages do not ignore it
+        assert (await client.get(f"/rooms/{room}")).json()["members"] == ["alice", "bob"]
 
 
 # ---------------------------------------------------------------------- the README

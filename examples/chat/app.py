@@ -63,6 +63,12 @@ presence = presence_for(BROKER_URL)
 ROOM_CONFIG = WebSocketConfig(rate_limit=(30, 10.0))
 chat = WSRouter(prefix="/chat")
 
+# The people connected to this process: room, name and tab of each connection.
+here: dict[WebSocket, tuple[str, str, str]] = {}
+# Names of people who left while the presence store was unreachable: (room, name, tab,
+# connection id). The sweep gives them back once it is reachable again.
+unreleased: list[tuple[str, str, str, str]] = []
+
 
 def group(room: str) -> str:
     return f"chat:{room}"
@@ -110,12 +116,14 @@ async def room_socket(ws: WebSocket, room: str) -> None:
         if await presence.claim(room, name, client, ws.id) is None:
             await ws.close(1008, "That name is taken in this room.")
             return
+        here[ws] = (room, name, client)
         try:
             await enter(ws, room, name)
             await converse(ws, room, name)
         except WebSocketDisconnect:
             pass
         finally:
+            del here[ws]
             await leave(ws, room, name, client)
     except PresenceUnavailable as exc:
         logger.warning("Presence unavailable: %s", exc)
@@ -164,10 +172,20 @@ async def converse(ws: WebSocket, room: str, name: str) -> None:
 
 
 async def leave(ws: WebSocket, room: str, name: str, client: str) -> None:
+    try:
+        await give_back(room, name, client, ws.id, exclude=ws)
+    except PresenceUnavailable:
+        unreleased.append((room, name, client, ws.id))  # the sweep tries again
+        raise
+
+
+async def give_back(
+    room: str, name: str, client: str, conn: str, exclude: WebSocket | None = None
+) -> None:
     # Only the connection that still holds the name tells the room: a page that
     # reloaded has already taken it back.
-    if await presence.release(room, name, client, ws.id) is not None:
-        await tell_presence(room, await presence.roster(room), left=[name], exclude=ws)
+    if await presence.release(room, name, client, conn) is not None:
+        await tell_presence(room, await presence.roster(room), left=[name], exclude=exclude)
 
 
 async def say(room: str, payload: dict[str, Any]) -> int:
@@ -254,18 +272,12 @@ async def stop_presence() -> None:
 
 
 async def sweep() -> None:
-    """Keep this process's names alive, and drop those of processes that died."""
+    """Every HEARTBEAT seconds, `sweep_once`; an unreachable store is logged once."""
     down = False
     while True:
         await asyncio.sleep(HEARTBEAT)
         try:
-            await presence.heartbeat()
-            for name in list(app.channels.groups()):
-                room = name.removeprefix("chat:")
-                if room != name:
-                    roster = await presence.roster(room)
-                    if roster.gone:
-                        await tell_presence(room, roster)
+            await sweep_once()
         except PresenceUnavailable as exc:
             if not down:
                 logger.warning("Presence unavailable, retrying: %s", exc)
@@ -274,3 +286,36 @@ async def sweep() -> None:
             if down:
                 logger.info("Presence available again.")
             down = False
+
+
+async def sweep_once() -> None:
+    """Keep this process's names alive (or claim them again if the store lost them),
+    give back those it could not, and drop those of processes that died."""
+    if not await presence.heartbeat():
+        await reclaim()
+    while unreleased:
+        await give_back(*unreleased[0])
+        del unreleased[0]
+    for group_name in list(app.channels.groups()):
+        room = group_name.removeprefix("chat:")
+        if room != group_name:
+            roster = await presence.roster(room)
+            if roster.gone:
+                await tell_presence(room, roster)
+
+
+async def reclaim() -> None:
+    """The presence store lost this process's people: claim their names again.
+
+    Redis restarted empty, or this process stalled and the others dropped its names. A
+    name somebody else took meanwhile is theirs: that connection is refused (1008).
+    """
+    rooms: set[str] = set()
+    for ws, (room, name, client) in list(here.items()):
+        if await presence.claim(room, name, client, ws.id) is None:
+            await ws.close(1008, "That name is taken in this room.")
+        else:
+            rooms.add(room)
+    for room in rooms:
+        await tell_presence(room, await presence.roster(room))
+    logger.info("Presence: claimed %d names in %d rooms again.", len(here), len(rooms))

@@ -15,11 +15,14 @@ version, so presence notices that arrive out of order cannot undo a newer list.
 On Redis each process also keeps ``alive:<process>`` set with a short expiry, renewed by
 `heartbeat`; a name whose process stopped renewing it (killed, crashed) is dropped by the
 next `roster` of its room (reported in ``Roster.gone``), and can be claimed by anybody.
+When Redis loses a process's names (restarted empty; or the process stalled for longer
+than ALIVE_FOR), its next `heartbeat` says so, and the app claims them again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -48,8 +51,14 @@ class Presence:
     async def stop(self) -> None:
         """Disconnect (the app calls it at shutdown, after the connections closed)."""
 
-    async def heartbeat(self) -> None:
-        """Say this process is alive; the app calls it every HEARTBEAT seconds."""
+    async def heartbeat(self) -> bool:
+        """Say this process is alive; the app calls it every HEARTBEAT seconds.
+
+        False: the store had lost this process (Redis restarted empty, or this process
+        stalled for longer than ALIVE_FOR and its names were dropped); the app must claim
+        its people's names again.
+        """
+        return True
 
     async def claim(self, room: str, name: str, client: str, conn: str) -> int | None:
         """Take *name* in *room*: the new version, or None if another tab holds it."""
@@ -104,26 +113,43 @@ class MemoryPresence(Presence):
         return version
 
 
-# Both scripts run atomically in Redis. An owner is "<process>|<client>|<conn>".
-_CLAIM = """
-local held = redis.call('HGET', KEYS[1], ARGV[1])
+# The scripts run atomically in Redis. An owner is "<process>|<client>|<conn>". A version
+# is the time in ms (ARGV[1]), or one more than the last if that is later: it keeps
+# growing even if Redis loses the room (restarted empty), so pages never ignore the list.
+_BUMP = """
+local function bump(key, now)
+  local version = tonumber(redis.call('GET', key) or '0') + 1
+  if version < now then version = now end
+  redis.call('SET', key, version)
+  return version
+end
+"""
+
+_CLAIM = (
+    _BUMP
+    + """
+local held = redis.call('HGET', KEYS[1], ARGV[2])
 if held then
   local process, client = string.match(held, '^([^|]*)|([^|]*)|')
-  if client ~= ARGV[3] and redis.call('EXISTS', ARGV[4] .. process) == 1 then
+  if client ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. process) == 1 then
     return 0
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return bump(KEYS[2], tonumber(ARGV[1]))
 """
+)
 
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-local version = redis.call('INCR', KEYS[2])
+_RELEASE = (
+    _BUMP
+    + """
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+local version = bump(KEYS[2], tonumber(ARGV[1]))
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
 return version
 """
+)
 
 
 class RedisPresence(Presence):
@@ -152,15 +178,16 @@ class RedisPresence(Presence):
                 await self._redis.delete(self._alive(self.process))
         await self._redis.aclose()
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self) -> bool:
         async with self._guard():
-            await self._redis.set(self._alive(self.process), 1, ex=ALIVE_FOR)
+            was = await self._redis.set(self._alive(self.process), 1, ex=ALIVE_FOR, get=True)
+        return was is not None
 
     async def claim(self, room: str, name: str, client: str, conn: str) -> int | None:
         owner = f"{self.process}|{client}|{conn}"
         async with self._guard():
             version = await self._claim(
-                keys=self._keys(room), args=[name, owner, client, self._alive("")]
+                keys=self._keys(room), args=[_now_ms(), name, owner, client, self._alive("")]
             )
         return int(version) or None
 
@@ -191,7 +218,7 @@ class RedisPresence(Presence):
 
     async def _release_owner(self, room: str, name: str, owner: str) -> int | None:
         async with self._guard():
-            version = await self._release(keys=self._keys(room), args=[name, owner])
+            version = await self._release(keys=self._keys(room), args=[_now_ms(), name, owner])
         return int(version) or None
 
     def _keys(self, room: str) -> list[str]:
@@ -208,3 +235,7 @@ class RedisPresence(Presence):
             yield
         except (RedisError, OSError) as exc:
             raise PresenceUnavailable(f"Redis is unreachable: {exc}") from exc
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
