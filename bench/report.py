@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["raw", "starlette", "nexios-pypi", "nexios", "nexios-sansio"]
+ORDER = ["raw", "starlette", "nexios-pypi", "nexios", "nexios-sansio", "raw-nexios"]
 NO_GROUPS = "n/a: no cross-process groups"
 
 Records = dict[str, dict[str, list[dict[str, Any]]]]  # workload -> framework -> reps

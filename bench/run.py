@@ -70,6 +70,9 @@ FRAMEWORKS = {
     "nexios-sansio": Framework(
         "nexios (ours) on uvicorn's protocol", "nexios_ours.py", "sansio", None, groups=True
     ),
+    # Diagnostic: the raw ASGI app on nexios' protocol, to tell what the protocol gains
+    # from what the framework costs on it.
+    "raw-nexios": Framework("raw ASGI on nexios' protocol", "raw_asgi.py", "nexios", None),
 }
 DEFAULT = ("raw", "starlette", "nexios-pypi", "nexios")
 

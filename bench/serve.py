@@ -70,17 +70,18 @@ def main() -> None:
     if kind == "nexios":
         from nexios.server import make_config
 
-        ws = app.websocket_config
-        config = make_config(
-            app,
-            "127.0.0.1",
-            port,
-            ping_interval=ws.ping_interval,
-            ping_timeout=ws.ping_timeout,
-            max_message_size=ws.max_message_size,
-            compression=ws.compression,
-            **common,
-        )
+        # A NexiosApp's settings, as app.run() passes them; make_config's defaults (the
+        # same values) for a plain ASGI app.
+        ws = getattr(app, "websocket_config", None)
+        settings = {}
+        if ws is not None:
+            settings = {
+                "ping_interval": ws.ping_interval,
+                "ping_timeout": ws.ping_timeout,
+                "max_message_size": ws.max_message_size,
+                "compression": ws.compression,
+            }
+        config = make_config(app, "127.0.0.1", port, **settings, **common)
     elif kind == "sansio":
         config = uvicorn.Config(app, "127.0.0.1", port, ws="websockets-sansio", **common)
     else:

@@ -156,6 +156,15 @@ async def stalled_with_one_in_flight(ws: FakeWS, outbox: Outbox) -> None:
     assert len(outbox.queue) == 0  # 0 is in flight, not waiting
 
 
+async def idle(outbox: Outbox, rounds: int = 50) -> None:
+    """Let the writer run until nothing is under way (a few loop iterations)."""
+    for _ in range(rounds):
+        if outbox._task is None and outbox._pending is None:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the outbox is still sending")
+
+
 def slow_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
@@ -176,26 +185,33 @@ def test_arguments_are_checked() -> None:
     assert POLICIES == ("drop_oldest", "drop_newest", "close")
 
 
-async def test_messages_go_out_in_order_through_one_writer() -> None:
-    ws = FakeWS()
-    outbox, report = make(ws, maxsize=8)
-    assert outbox._task is None  # no writer before the first message
+async def test_a_send_that_does_not_wait_happens_in_push() -> None:
+    ws = FakeWS()  # a server without nexios' send_nowait: the awaitable send is used
+    outbox, report = make(ws, maxsize=2)
     for i in range(5):
         assert outbox.push(msg(i)) is True
-    writer = outbox._task
-    assert writer is not None
-    assert await ws.sent_count(5) == [0, 1, 2, 3, 4]
-    # Nothing waits: the writer ends (an idle member holds no task) ...
-    await within(asyncio.wait({writer}))
+    # Each send completed inside push: no task, nothing queued, none dropped.
+    assert texts(ws.sent) == [0, 1, 2, 3, 4]
     assert outbox._task is None
-    # ... and the next message starts another.
-    for i in range(5, 8):
-        assert outbox.push(msg(i)) is True
-    assert outbox._task is not None
-    assert await ws.sent_count(8) == list(range(8))
+    assert len(outbox.queue) == 0
+    assert report.events == []
+
+
+async def test_a_send_that_waits_is_finished_by_a_writer_in_order() -> None:
+    ws = FakeWS()
+    outbox, report = make(ws, maxsize=8)
+    await stalled_with_one_in_flight(ws, outbox)
+    assert outbox._task is None  # no task while the send waits for room
+    for i in range(1, 5):
+        assert outbox.push(msg(i)) is True  # queued behind the one in flight
+    assert len(outbox.queue) == 4
+    ws.resume()
+    assert await ws.sent_count(5) == [0, 1, 2, 3, 4]
+    await idle(outbox)  # the writer ended: an idle member holds no task
+    assert outbox.push(msg(5)) is True
+    assert texts(ws.sent) == [0, 1, 2, 3, 4, 5]
     assert outbox.dropped == 0
     assert report.events == []
-    outbox.close()
 
 
 async def test_sent_at_once_when_the_server_can() -> None:
@@ -335,22 +351,19 @@ async def test_close_policy_closes_with_1013_and_drops_what_waits(
     ws = FakeWS("slow-3")
     outbox, report = make(ws, maxsize=4, policy="close")
     await stalled_with_one_in_flight(ws, outbox)
-    writer = outbox._task
-    assert writer is not None
     for i in range(1, 5):
         assert outbox.push(msg(i)) is True
     assert report.events == []
     assert outbox.push(msg(5)) is False  # full: the connection is closed
-    # Dropped: the 4 waiting and the new one (0, in flight, is cancelled uncounted).
+    # Dropped: the 4 waiting and the new one (0, in flight, is abandoned uncounted).
     assert report.counts == [("dropped", 5), ("closed_slow", 0)]
     assert outbox.dropped == 5
     assert outbox.closed is True
     assert len(outbox.queue) == 0
     assert await within(ws.closes.get()) == SLOW_CONSUMER_CLOSE
     assert SLOW_CONSUMER_CLOSE == (1013, "Slow consumer: too many messages waiting")
-    # The writer was cancelled while it was blocked sending message 0.
-    await within(asyncio.wait({writer}))
-    assert writer.cancelled()
+    # The send of message 0, waiting for room, was abandoned.
+    assert outbox._pending is None
     ws.resume()
     await settle()
     assert ws.sent == []
@@ -460,11 +473,7 @@ async def test_a_send_that_raises_reports_gone_and_closes_the_outbox() -> None:
     ws = FakeWS()
     ws.fail = ClientDisconnected()
     outbox, report = make(ws)
-    assert outbox.push(msg(0)) is True
-    writer = outbox._task
-    assert writer is not None
-    await within(asyncio.wait({writer}))
-    assert writer.exception() is None  # the writer ends quietly
+    assert outbox.push(msg(0)) is False  # the send failed at once: not delivered
     assert report.events == ["gone"]
     assert outbox.closed is True
     assert outbox.push(msg(1)) is False
@@ -478,11 +487,9 @@ async def test_the_peer_leaves_while_messages_wait() -> None:
     await stalled_with_one_in_flight(ws, outbox)
     for i in range(1, 4):
         outbox.push(msg(i))
-    writer = outbox._task
-    assert writer is not None
     ws.fail = RuntimeError("Unexpected ASGI message 'websocket.send'")  # any error: gone
     ws.resume()
-    await within(asyncio.wait({writer}))
+    await idle(outbox)
     assert report.events == ["gone"]
     assert ws.sent == []
     assert len(outbox.queue) == 0  # what waited is released
@@ -530,19 +537,15 @@ async def test_a_connection_the_app_closed_refuses_later_messages() -> None:
 # ---------------------------------------------------------------------------- close()
 
 
-async def test_close_cancels_a_blocked_writer() -> None:
+async def test_close_abandons_a_send_that_waits() -> None:
     ws = FakeWS()
     outbox, report = make(ws)
     await stalled_with_one_in_flight(ws, outbox)
     outbox.push(msg(1))
-    writer = outbox._task
-    assert writer is not None
     outbox.close()
-    assert outbox._task is None
+    assert outbox._pending is None
     assert outbox.closed is True
     assert len(outbox.queue) == 0
-    await within(asyncio.wait({writer}))
-    assert writer.cancelled()
     ws.resume()
     await settle()
     assert ws.sent == []
@@ -551,27 +554,78 @@ async def test_close_cancels_a_blocked_writer() -> None:
     outbox.close()  # twice: nothing happens
 
 
+async def test_close_cancels_a_blocked_writer() -> None:
+    ws = FakeWS()
+    outbox, report = make(ws)
+    await stalled_with_one_in_flight(ws, outbox)
+    outbox.push(msg(1))
+    ws.resume()  # 0 goes out from a writer task ...
+    ws.stall()  # ... which then blocks on 1
+    await within(ws.blocked.wait())
+    writer = outbox._task
+    assert writer is not None
+    outbox.close()
+    assert outbox._task is None
+    await within(asyncio.wait({writer}))
+    assert writer.cancelled()
+    ws.resume()
+    await settle()
+    assert texts(ws.sent) == [0]
+    assert outbox.push(msg(2)) is False
+    assert report.events == []
+
+
+async def test_a_resumed_send_is_cancelled_with_its_writer() -> None:
+    """A send that waits twice: resumed by a writer task after the first wait, it gets
+    the task's cancellation at the second."""
+    first, second = asyncio.Event(), asyncio.Event()
+    cancelled: list[Message] = []
+
+    class TwoWaits(FakeWS):
+        async def _send(self, message: Message) -> None:
+            try:
+                await first.wait()
+                await second.wait()
+            except asyncio.CancelledError:
+                cancelled.append(message)
+                raise
+            self.sent.append(message)
+
+    ws = TwoWaits()
+    outbox, report = make(ws)
+    assert outbox.push(msg(0)) is True  # waits at `first`
+    first.set()
+    await settle()  # resumed in a writer task, which now waits at `second`
+    writer = outbox._task
+    assert writer is not None
+    assert not writer.done()
+    outbox.close()
+    await within(asyncio.wait({writer}))
+    assert writer.cancelled()
+    assert cancelled == [msg(0)]
+    second.set()
+    await settle()
+    assert ws.sent == []
+    assert report.events == []
+
+
 async def test_close_of_an_idle_outbox() -> None:
     ws = FakeWS()
     outbox, _ = make(ws)
-    outbox.push(msg(0))
-    writer = outbox._task
-    assert writer is not None
-    assert await ws.sent_count(1) == [0]
-    await within(asyncio.wait({writer}))
+    assert outbox.push(msg(0)) is True
+    assert texts(ws.sent) == [0]
     assert outbox._task is None  # idle: no task to cancel
     outbox.close()
     assert outbox.push(msg(1)) is False
 
     never_used, _ = make(FakeWS("ws-2"))
-    never_used.close()  # no writer yet: nothing to cancel
+    never_used.close()  # nothing sent yet: nothing to cancel
     assert never_used.push(msg(0)) is False
 
 
 async def test_the_writer_may_close_its_own_outbox_from_report() -> None:
     """A report callback runs in the writer task; close() must not cancel it there."""
     ws = FakeWS()
-    ws.fail = ClientDisconnected()
     events: list[str] = []
 
     def report(outbox: Outbox, event: str, count: int) -> None:
@@ -579,9 +633,13 @@ async def test_the_writer_may_close_its_own_outbox_from_report() -> None:
         outbox.close()
 
     outbox, _ = make(ws, report=report)
-    outbox.push(msg(0))
+    await stalled_with_one_in_flight(ws, outbox)
+    outbox.push(msg(1))
+    ws.resume()
+    await settle(1)  # the writer task starts, finishing 0 ...
     writer = outbox._task
     assert writer is not None
+    ws.fail = ClientDisconnected()  # ... and fails on 1
     await within(asyncio.wait({writer}))
     assert not writer.cancelled()
     assert events == ["gone"]
@@ -674,8 +732,7 @@ async def test_layer_stops_fanning_out_to_a_member_whose_writer_failed(
     assert writer_started == 2
     assert await dead.sent_count(1) == [0]
     dead.fail = ClientDisconnected()
-    assert await layer.publish("room", "1") == 2  # queued: the writer has not failed yet
-    await settle()
+    assert await layer.publish("room", "1") == 1  # the send to dead failed at once
     assert dead_box.closed is True
     # Forgotten at once, in every group, though the handler has not unregistered it yet.
     assert layer.members("room") == [alive]
@@ -686,7 +743,7 @@ async def test_layer_stops_fanning_out_to_a_member_whose_writer_failed(
     assert await layer.send_to(["dead"], "direct") == 0
     assert await alive.sent_count(6) == list(range(6))
     assert texts(dead.sent) == [0]
-    assert layer.stats.delivered == 2 + 2 + 4
+    assert layer.stats.delivered == 2 + 1 + 4
     assert layer.stats.dropped == 0
     # The handler ends: unregister cleans the rest.
     await layer.unregister(dead)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, get_args
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from nexios._tasks import spawn
 from nexios.types import Message
@@ -40,10 +41,29 @@ SLOW_CONSUMER_CLOSE = (1013, "Slow consumer: too many messages waiting")
 _CONNECTED = WebSocketState.CONNECTED
 
 
+@types.coroutine
+def _go_on(coro: Coroutine[Any, Any, None]) -> Generator[Any, None, None]:
+    """Await a coroutine that was started by hand and is suspended (``await coro`` is
+    refused then: "coroutine is being awaited already"): pass what it waits for up to
+    the task, and the task's outcome (a result, a cancellation) back down to it."""
+    thrown: BaseException | None = None
+    while True:
+        try:
+            waits_for = coro.send(None) if thrown is None else coro.throw(thrown)
+        except StopIteration:
+            return
+        thrown = None
+        try:
+            yield waits_for
+        except BaseException as exc:  # the task was cancelled: so is the send
+            thrown = exc
+
+
 class Outbox:
     """The messages waiting to be sent to one connection, and the task sending them."""
 
     __slots__ = (
+        "_pending",
         "_report",
         "_task",
         "closed",
@@ -85,7 +105,9 @@ class Outbox:
         self.closed = False
         # Called with "dropped", "closed_slow" or "gone" (the connection cannot be sent to).
         self._report = report
+        # The writer task, while one runs; or a send that waits to be resumed (`_start`).
         self._task: asyncio.Task[None] | None = None
+        self._pending: Coroutine[Any, Any, None] | None = None
 
     def push(self, message: Message, frame: bytes | None = None) -> bool:
         """Send or queue ``message``; never blocks. False if it was dropped (or the outbox
@@ -94,23 +116,50 @@ class Outbox:
         if self.closed:
             return False
         queue = self.queue
-        if not queue and self._task is None and not self.held:
-            # Nothing waits and no writer runs: send now if the server can without waiting
-            # (nexios' server, when the socket takes it), with no task and no wake-up.
+        if not queue and self._task is None and self._pending is None and not self.held:
+            # Nothing waits and no send is under way: send now, with no task and no
+            # wake-up. nexios' server writes at once if the socket takes it (send_nowait);
+            # on another server the awaitable send is started here, and it rarely waits.
             ws = self.ws
-            send_nowait = ws._send_nowait
-            if (
-                send_nowait is not None
-                and ws.application_state is _CONNECTED
-                and send_nowait(message, frame)
-            ):
-                return True
+            if ws.application_state is _CONNECTED:
+                send_nowait = ws._send_nowait
+                if send_nowait is None:
+                    return self._start(ws._send(message))
+                if send_nowait(message, frame):
+                    return True
         if len(queue) >= self.maxsize:
             return self._full(message)
         queue.append(message)
-        if self._task is None and not self.held:
+        if self._task is None and self._pending is None and not self.held:
             self._task = asyncio.get_running_loop().create_task(self._write())
         return True
+
+    def _start(self, send: Awaitable[None]) -> bool:
+        """Run an awaitable send until it is done or must wait (for room in the socket,
+        say); then a writer task resumes it once what it waits for is done, and sends
+        what queued behind it. False if it failed: the connection is gone."""
+        if not isinstance(send, Coroutine):
+            # Not a coroutine (a future, say): it can only be awaited, by the writer.
+            self._task = asyncio.get_running_loop().create_task(self._write(send))
+            return True
+        try:
+            waits_for = send.send(None)
+        except StopIteration:
+            return True
+        except Exception:
+            self._gone()
+            return False
+        self._pending = send
+        if hasattr(waits_for, "add_done_callback"):
+            waits_for.add_done_callback(self._resume)
+        else:  # a bare yield (asyncio.sleep(0)): the next loop iteration
+            asyncio.get_running_loop().call_soon(self._resume, None)
+        return True
+
+    def _resume(self, _: object) -> None:
+        send, self._pending = self._pending, None
+        if send is not None:  # else the outbox was closed meanwhile
+            self._task = asyncio.get_running_loop().create_task(self._write(_go_on(send)))
 
     def release(self) -> None:
         """Start sending (the connection is accepted)."""
@@ -162,34 +211,41 @@ class Outbox:
         except Exception:  # the peer is gone too; keepalive will reap the socket
             logger.debug("Could not close slow WebSocket %s", self.ws.id, exc_info=True)
 
-    async def _write(self) -> None:
-        """Send what waits, in order; end when nothing does (the next push starts again)."""
+    async def _write(self, started: Awaitable[None] | None = None) -> None:
+        """Finish a send `_start` began, then send what waits, in order; end when nothing
+        does (the next push starts again)."""
         queue = self.queue
         send = self.ws._send
         ws = self.ws
         try:
+            if started is not None:
+                await started
             while queue:
                 if ws.application_state is not _CONNECTED:
-                    self.closed = True
-                    queue.clear()
-                    self._report(self, "gone", 0)
+                    self._gone()
                     return
                 await send(queue.popleft())
         except asyncio.CancelledError:
             raise
         except Exception:
             # The peer went away (uvicorn: ClientDisconnected) or the app closed it.
-            self.closed = True
-            self.queue.clear()
-            self._report(self, "gone", 0)
+            self._gone()
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
+
+    def _gone(self) -> None:
+        self.closed = True
+        self.queue.clear()
+        self._report(self, "gone", 0)
 
     def close(self) -> None:
         """Stop sending: drop what waits and end the writer task."""
         self.closed = True
         self.queue.clear()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.close()
         task, self._task = self._task, None
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
