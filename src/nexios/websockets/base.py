@@ -10,7 +10,7 @@ import re
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import orjson
 
@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("nexios.websockets")
+
+T = TypeVar("T")
 
 CONTROL_EXTENSION = "nexios.websocket.control"
 DEFLATE_EXTENSION = "nexios.websocket.permessage_deflate"
@@ -666,11 +668,7 @@ class WebSocket:
 
     async def receive_bytes(self, timeout: float | None = None) -> bytes:
         """The next message, which must be binary (else WebSocketUnsupportedData, 1003)."""
-        message = await self.receive(timeout)
-        data = message.get("bytes")
-        if data is None:
-            raise WebSocketUnsupportedData("Expected a binary message, got a text one.")
-        return bytes(data)
+        return _bytes_of(await self.receive(timeout))
 
     async def receive_json(self, timeout: float | None = None) -> Any:
         """The next message, text or binary, parsed as JSON.
@@ -678,11 +676,7 @@ class WebSocket:
         Invalid JSON raises WebSocketInvalidJSON (code 1007; also a json.JSONDecodeError),
         and the connection stays open for the next message.
         """
-        message = await self.receive(timeout)
-        data = message.get("text")
-        if data is None:
-            data = message.get("bytes") or b""
-        return decode_json(data)
+        return _json_of(await self.receive(timeout))
 
     async def receive_ping(self, timeout: float | None = None) -> bytes:
         """The payload of the next Ping from the peer (already answered by the server).
@@ -705,29 +699,17 @@ class WebSocket:
             message = await asyncio.wait_for(self._next(kind), timeout)
         return bytes(message.get("bytes") or b"")
 
-    async def iter_text(self) -> AsyncIterator[str]:
+    def iter_text(self) -> AsyncIterator[str]:
         """Text messages until the peer closes; then ``ws.close_code`` says how."""
-        try:
-            while True:
-                yield _text_of(await self.receive())
-        except WebSocketDisconnect:
-            pass
+        return _Messages(self, _text_of)
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
+    def iter_bytes(self) -> AsyncIterator[bytes]:
         """Binary messages until the peer closes; then ``ws.close_code`` says how."""
-        try:
-            while True:
-                yield await self.receive_bytes()
-        except WebSocketDisconnect:
-            pass
+        return _Messages(self, _bytes_of)
 
-    async def iter_json(self) -> AsyncIterator[Any]:
+    def iter_json(self) -> AsyncIterator[Any]:
         """JSON messages until the peer closes; then ``ws.close_code`` says how."""
-        try:
-            while True:
-                yield await self.receive_json()
-        except WebSocketDisconnect:
-            pass
+        return _Messages(self, _json_of)
 
     # ------------------------------------------------------------------ groups
 
@@ -776,11 +758,47 @@ _LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
 _LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
 
 
+class _Messages(Generic[T]):
+    """``ws.iter_*()``: each message, converted, until the peer closes. A class rather
+    than an async generator: one coroutine per message instead of a generator's frame
+    and an ``asend`` object."""
+
+    __slots__ = ("_convert", "_ws")
+
+    def __init__(self, ws: WebSocket, convert: Callable[[Message], T]) -> None:
+        self._ws = ws
+        self._convert = convert
+
+    def __aiter__(self) -> _Messages[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            message = await self._ws.receive()
+        except WebSocketDisconnect:
+            raise StopAsyncIteration from None
+        return self._convert(message)
+
+
 def _text_of(message: Message) -> str:
     text: str | None = message.get("text")
     if text is None:
         raise WebSocketUnsupportedData("Expected a text message, got a binary one.")
     return text
+
+
+def _bytes_of(message: Message) -> bytes:
+    data = message.get("bytes")
+    if data is None:
+        raise WebSocketUnsupportedData("Expected a binary message, got a text one.")
+    return bytes(data)
+
+
+def _json_of(message: Message) -> Any:
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes") or b""
+    return decode_json(data)
 
 
 def _no_constant(name: str) -> Any:
