@@ -1,8 +1,9 @@
 """A connection's outbox: the bounded queue between fan-out and the socket.
 
-Fan-out only appends to outboxes, which never blocks; each outbox has its own writer
-task that sends in order. A client that reads slowly fills its own outbox and nobody
-else's. When an outbox is full, its policy decides:
+Fan-out never blocks on a member: `Outbox.push` sends at once when nothing waits (and the
+socket takes it), else queues; a writer task, which runs only while messages wait, sends
+them in order. A client that reads slowly fills its own outbox and nobody else's. When
+an outbox is full, its policy decides:
 
 - ``"drop_oldest"`` (default): drop the oldest waiting message, keep the new one: a slow
   reader sees the latest state;
