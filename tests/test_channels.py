@@ -160,8 +160,10 @@ async def test_router_broadcast_reaches_that_routers_connections_everywhere(
 
 
 async def test_history_is_shared_and_bounded(make_broker: BrokerFactory) -> None:
-    async with two_processes(make_broker) as (app_a, _, app_b, _):
-        app_a.channels.history_size = 3
+    def build(broker: Broker) -> NexiosApp:
+        return NexiosApp(broker=broker, history_size=3)
+
+    async with two_processes(make_broker, build) as (app_a, _, app_b, _):
         for i in range(5):
             await app_a.channels.publish("log", {"n": i}, save_history=True)
         await app_a.channels.publish("log", "not kept")
@@ -173,6 +175,39 @@ async def test_history_is_shared_and_bounded(make_broker: BrokerFactory) -> None
         assert [e["payload"] for e in await app_b.channels.history("log", 1)] == [{"n": 4}]
         await app_b.channels.clear_history("log")
         assert await app_a.channels.history("log") == []
+
+
+async def test_a_message_seen_live_is_already_in_the_history(make_broker: BrokerFactory) -> None:
+    """A client that reloads right after a message arrived finds it in the history, in
+    the publisher's process and in the others."""
+
+    def build(broker: Broker) -> NexiosApp:
+        app = NexiosApp(broker=broker)
+
+        @app.ws_route("/log")
+        async def log(ws: WebSocket) -> None:
+            await ws.accept()
+            await ws.join("log")
+            await ws.send_text("joined")
+            async for text in ws.iter_text():
+                await app.channels.publish("log", text, save_history=True)
+
+        return app
+
+    async with two_processes(make_broker, build) as (app_a, a, app_b, b):
+        async with a.websocket_connect("/log") as ann, b.websocket_connect("/log") as bob:
+            await joined(ann)
+            await joined(bob)
+            for i in range(20):
+                await ann.send_text(f"line {i}")
+                # The publisher's own member first: it is served before the broker is.
+                assert await ann.receive_text() == f"line {i}"
+                history = await app_a.channels.history("log", 1)
+                assert [entry["payload"] for entry in history] == [f"line {i}"]
+                assert await bob.receive_text() == f"line {i}"
+                history = await app_b.channels.history("log", 1)
+                assert [entry["payload"] for entry in history] == [f"line {i}"]
+        await app_a.channels.clear_history("log")
 
 
 async def test_payload_kinds_and_member_encodings(make_broker: BrokerFactory) -> None:

@@ -356,11 +356,13 @@ class ChannelLayer:
         await self.start()
         kind, body = _encode(payload)
         self.stats.published += 1
+        if save_history:
+            # Saved first: a client that has seen the message live finds it in the
+            # history when it reloads, in every process.
+            await self._save(group, kind, body)
         delivered = self._fan_out(group, kind, body, exclude)
         if self.broker.shared:
             await self._publish_remote(_GROUP + group, {"k": kind}, body)
-        if save_history:
-            await self._save(group, kind, body)
         return delivered
 
     async def send_to(self, ids: Iterable[str], payload: Any) -> int:
