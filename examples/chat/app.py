@@ -54,8 +54,8 @@ app = NexiosApp(
     title="nexios chat",
     broker=BROKER_URL,
     websocket_config=WebSocketConfig(max_message_size=16 * 1024),
+    history_size=HISTORY_KEPT,
 )
-app.channels.history_size = HISTORY_KEPT
 presence = presence_for(BROKER_URL)
 
 # Per connection: 30 messages at once, 3 a second on average (typing notices included);

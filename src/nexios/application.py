@@ -62,6 +62,7 @@ class NexiosApp:
         on_startup: Sequence[Hook] = (),
         on_shutdown: Sequence[Hook] = (),
         broker: Broker | str | None = None,
+        history_size: int = 100,
         debug: bool = False,
     ) -> None:
         self.title = title
@@ -72,8 +73,12 @@ class NexiosApp:
         self.router.not_found = self._not_found
         # Groups and broadcasts. broker: a URL (memory://, redis://host:port/db) or a
         # Broker; without one, $NEXIOS_BROKER_URL, else memory:// (one process).
+        # history_size: messages kept per group for publish(..., save_history=True).
         self.channels = ChannelLayer(
-            broker, outbox_size=config.outbox_size, slow_consumer=config.slow_consumer
+            broker,
+            outbox_size=config.outbox_size,
+            slow_consumer=config.slow_consumer,
+            history_size=history_size,
         )
         self.ws_router = WSRouter()
         self.ws_router.bind_channels(self.channels, "nexios:app")
