@@ -917,3 +917,25 @@ async def test_reading_pauses_while_the_app_is_behind() -> None:
         assert isinstance(frame, Frame)
         assert frame.data.decode() == ",".join(str(i) for i in range(count))
         assert not protocol.read_paused
+
+
+async def test_send_takes_any_bytes_like_and_refuses_an_empty_message() -> None:
+    errors: asyncio.Queue[BaseException] = asyncio.Queue()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "bytes": bytearray(b"array")})
+        await send({"type": "websocket.send", "bytes": memoryview(b"view")})
+        try:
+            await send({"type": "websocket.send"})
+        except TypeError as exc:
+            errors.put_nowait(exc)
+        await send({"type": "websocket.send", "text": "still open"})
+        await receive()
+
+    async with serve(handler) as url, client(url) as ws:
+        assert await within(ws.recv()) == b"array"
+        assert await within(ws.recv()) == b"view"
+        assert await within(ws.recv()) == "still open"
+        error = await within(errors.get())
+    assert "needs 'bytes' or 'text'" in str(error)

@@ -87,7 +87,7 @@ _TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.
 
 class _Inbox:
     """The events waiting for the app: what uvicorn keeps in an ``asyncio.Queue``, with
-    only what the protocol uses of it (``put_nowait``, ``empty``), and read by
+    only what uvicorn's code uses of it (``put_nowait``), read by
     `NexiosWebSocketProtocol.receive` without a coroutine of its own."""
 
     __slots__ = ("items", "waiters")
@@ -109,12 +109,6 @@ class _Inbox:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-
-    def empty(self) -> bool:
-        return not self.items
-
-    def qsize(self) -> int:
-        return len(self.items)
 
 
 class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -385,21 +379,29 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _write_data(self, message: Mapping[str, Any], frame: bytes | None = None) -> None:
         """Frame a ``websocket.send`` message and write it; the connection is open."""
+        if frame is not None and not self.conn.extensions:
+            self.transport.write(frame)
+            return
         data = message.get("bytes")
+        if data is not None:
+            opcode = BINARY
+            if type(data) is not bytes:
+                data = bytes(data)  # a bytearray or memoryview
+        else:
+            text = message.get("text")
+            if text is None:
+                raise TypeError("A 'websocket.send' message needs 'bytes' or 'text'.")
+            opcode = TEXT
+            data = text.encode()
         if self.conn.extensions:
             # permessage-deflate: websockets compresses, with this connection's context.
-            if data is not None:
+            if opcode == BINARY:
                 self.conn.send_binary(data)
             else:
-                self.conn.send_text(message["text"].encode())
+                self.conn.send_text(data)
             self.transport.write(b"".join(self.conn.data_to_send()))
-        elif frame is not None:
-            self.transport.write(frame)
-        elif data is not None:
-            self.transport.write(frame_header(BINARY, len(data)) + data)
         else:
-            payload = message["text"].encode()
-            self.transport.write(frame_header(TEXT, len(payload)) + payload)
+            self.transport.write(frame_header(opcode, len(data)) + data)
 
     def send_nowait(self, message: Mapping[str, Any], frame: bytes | None = None) -> bool:
         """Send a ``websocket.send`` message now, if that needs no waiting; else send
