@@ -111,6 +111,17 @@ def gc_cells(rows: list[dict[str, Any]]) -> str:
     return f"{fmt(med(rows, 'gc_share'))} | {fmt(full, 0)}{pause}"
 
 
+def cpu_per_message(rows: list[dict[str, Any]], rate: str) -> float:
+    """Server CPU time per message, in µs (median over the repetitions): what a message
+    costs the server, less sensitive than messages/s to a machine that is not quiet."""
+    values = [
+        r["server_cpu"] / 100 / r[rate] * 1e6
+        for r in rows
+        if isinstance(r.get("server_cpu"), int | float) and r.get(rate)
+    ]
+    return statistics.median(values) if values else math.nan
+
+
 def cpu_cells(rows: list[dict[str, Any]]) -> str:
     return f"{fmt(med(rows, 'server_cpu'))} | {fmt(med(rows, 'client_cpu'))}"
 
@@ -138,9 +149,9 @@ def echo_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list
         f"loop), {spec.get('duration', '?')} s measured after {spec.get('warmup', '?')} s "
         "of warm-up. Latency: send to echo, every message.",
         "",
-        "| framework | messages/s (min-max) | x raw | p50 ms | p99 ms | server CPU % "
-        "| client CPU % | GC % of server CPU | full GCs | reps |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| framework | messages/s (min-max) | x raw | server CPU µs/message | p50 ms "
+        "| p99 ms | server CPU % | client CPU % | GC % of server CPU | full GCs | reps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = med(good(by_fw.get("raw", [])), "msgs_per_s")
     for fw in fws:
@@ -150,7 +161,8 @@ def echo_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list
             continue
         lines.append(
             f"| {name(meta, fw)} | {fmt(med(ok, 'msgs_per_s'))}{spread(ok, 'msgs_per_s')} "
-            f"| {ratio(med(ok, 'msgs_per_s'), base)} | {fmt(med(ok, 'p50_ms'), 3)} "
+            f"| {ratio(med(ok, 'msgs_per_s'), base)} "
+            f"| {fmt(cpu_per_message(ok, 'msgs_per_s'), 2)} | {fmt(med(ok, 'p50_ms'), 3)} "
             f"| {fmt(med(ok, 'p99_ms'), 3)} | {cpu_cells(ok)} | {gc_cells(ok)} "
             f"| {len(ok)}{failed_note(rows)} |"
         )
@@ -182,9 +194,10 @@ def fanout_section(meta: dict[str, Any], records: Records, fws: list[str]) -> li
         lines += [
             f"### {size:,} connections",
             "",
-            "| framework | deliveries/s (min-max) | x raw | last client p50 ms | x raw "
-            "| p99 ms | server CPU % | client CPU % | GC % of server CPU | full GCs | reps |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| framework | deliveries/s (min-max) | x raw | server CPU µs/delivery "
+            "| last client p50 ms | x raw | p99 ms | server CPU % | client CPU % "
+            "| GC % of server CPU | full GCs | reps |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for fw in fws:
             rows = by_fw.get(fw, [])
@@ -195,7 +208,8 @@ def fanout_section(meta: dict[str, Any], records: Records, fws: list[str]) -> li
             p50 = med(ok, "p50_ms")
             lines.append(
                 f"| {name(meta, fw)} | {fmt(d)}{spread(ok, 'deliveries_per_s')} "
-                f"| {ratio(d, base)} | {fmt(p50)} | {ratio(p50, base_p50)} "
+                f"| {ratio(d, base)} | {fmt(cpu_per_message(ok, 'deliveries_per_s'), 2)} "
+                f"| {fmt(p50)} | {ratio(p50, base_p50)} "
                 f"| {fmt(med(ok, 'p99_ms'))} | {cpu_cells(ok)} | {gc_cells(ok)} "
                 f"| {len(ok)}{failed_note(rows)} |"
             )
@@ -351,6 +365,19 @@ def targets(records: Records) -> list[str]:
             f"| {r:.3f}x deliveries/s; last-client p50 {fmt(p50o)} vs {fmt(p50r)} ms "
             f"| {'yes' if r >= 1.0 else '**no**'} |"
         )
+    # Diagnostic rows: the framework's own cost, the raw app on the same (nexios') protocol.
+    for key in ["echo"] + [k for k, _ in sizes(records, "fanout-")]:
+        by_fw = records.get(key, {})
+        if not by_fw.get("raw-nexios"):
+            continue
+        rate = "msgs_per_s" if key == "echo" else "deliveries_per_s"
+        ours = cpu_per_message(good(by_fw.get("nexios", [])), rate)
+        bare = cpu_per_message(good(by_fw["raw-nexios"]), rate)
+        lines.append(
+            f"| {key}, same protocol: server CPU per message, nexios vs the raw ASGI app "
+            f"on nexios' protocol | {fmt(ours, 2)} vs {fmt(bare, 2)} µs ({ratio(ours, bare)}) "
+            f"| reported |"
+        )
     for key, size in sizes(records, "idle-"):
         ours, raw = both(key, "bytes_per_conn")
         lines.append(
@@ -429,7 +456,9 @@ def header(meta: dict[str, Any]) -> list[str]:
         "Every server: uvicorn with httptools and uvloop, log level WARNING, no access "
         'log. Raw ASGI, Starlette and nexios 3.12: uvicorn\'s `ws="websockets-sansio"`; '
         "ours: `nexios.server.make_config` (what `app.run()` uses): nexios' protocol, "
-        "a subclass of that same sans-I/O protocol. Versions:",
+        "a subclass of that same sans-I/O protocol. Two diagnostic rows, where present, "
+        "separate the protocol from the framework: our app on uvicorn's protocol, and "
+        "the raw ASGI app on nexios' protocol. Versions:",
         "",
     ]
     for fw, versions in meta.get("versions", {}).items():
