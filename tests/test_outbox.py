@@ -702,6 +702,35 @@ async def test_layer_join_needs_an_accepted_connection(layer: ChannelLayer) -> N
     assert layer.members("g") == [ws]
 
 
+async def test_layer_sends_to_every_member_at_once_past_a_full_one_and_a_gone_one(
+    layer: ChannelLayer,
+) -> None:
+    """On a server without send_nowait, a broadcast awaits each member's send in one
+    go; a member whose send must wait does not hold up those after it, and one whose
+    send fails is dropped at once."""
+    members = [FakeWS(f"m{i}") for i in range(5)]
+    for ws in members:
+        await layer.register(ws, ["room"])
+    stalled, gone = members[1], members[3]
+    stalled.stall()
+    gone.fail = ClientDisconnected()
+    assert await layer.publish("room", "0") == 4  # all but the gone one
+    # Sent within publish, before any other task ran: all but the stalled and gone ones.
+    assert [texts(ws.sent) for ws in members] == [[0], [], [0], [], [0]]
+    assert layer.members("room") == [members[0], members[1], members[2], members[4]]
+    assert await layer.publish("room", "1") == 4  # the stalled one's is queued
+    assert [texts(ws.sent) for ws in members] == [[0, 1], [], [0, 1], [], [0, 1]]
+    stalled.resume()
+    assert await stalled.sent_count(2) == [0, 1]
+    box = layer.outbox_of(stalled)
+    assert box is not None
+    await idle(box)
+    assert await layer.publish("room", "2") == 4
+    assert texts(stalled.sent) == [0, 1, 2]  # caught up: at once again
+    assert layer.stats.delivered == 12
+    assert layer.stats.dropped == 0
+
+
 async def test_layer_a_slow_member_drops_only_its_own(layer: ChannelLayer) -> None:
     fast, slow = FakeWS("fast"), FakeWS("slow")
     await layer.register(fast, ["room"])

@@ -27,7 +27,7 @@ import orjson
 from nexios._frames import BINARY, TEXT, frame_header
 from nexios.channels.brokers.base import Broker, BrokerUnavailable
 from nexios.channels.brokers.memory import MemoryBroker
-from nexios.channels.outbox import Outbox, SlowConsumerPolicy
+from nexios.channels.outbox import Outbox, SlowConsumerPolicy, send_together
 from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
 from nexios.types import Message
 
@@ -326,16 +326,21 @@ class ChannelLayer:
         members = self._groups.get(group)
         if not members:
             return 0
-        forms: dict[str, tuple[Message, bytes]] = {}
+        # Per encoding: the message, its frame, and the members to send to with the
+        # awaitable send (servers without nexios' send_nowait), all at the end.
+        forms: dict[str, tuple[Message, bytes, list[Outbox]]] = {}
         delivered = 0
         for outbox in list(members.values()):  # a snapshot: members may leave meanwhile
             if outbox.ws is exclude:
                 continue
             form = forms.get(outbox.encoding)
             if form is None:
-                form = forms[outbox.encoding] = _form(kind, body, outbox.encoding)
-            if outbox.push(form[0], form[1]):
+                form = forms[outbox.encoding] = (*_form(kind, body, outbox.encoding), [])
+            if outbox.push(form[0], form[1], form[2]):
                 delivered += 1
+        for message, _, together in forms.values():
+            if together:
+                delivered -= send_together(together, message)
         self.stats.delivered += delivered
         return delivered
 

@@ -30,7 +30,7 @@ from nexios.websockets.base import WebSocketState
 if TYPE_CHECKING:
     from nexios.websockets.base import WebSocket
 
-__all__ = ["POLICIES", "Outbox", "SlowConsumerPolicy"]
+__all__ = ["POLICIES", "Outbox", "SlowConsumerPolicy", "send_together"]
 
 logger = logging.getLogger("nexios.channels")
 
@@ -40,6 +40,60 @@ POLICIES: tuple[str, ...] = get_args(SlowConsumerPolicy)
 SLOW_CONSUMER_CLOSE = (1013, "Slow consumer: too many messages waiting")
 
 _CONNECTED = WebSocketState.CONNECTED
+
+
+def send_together(outboxes: list[Outbox], message: Message) -> int:
+    """Send ``message`` to each outbox's connection (idle, accepted) with its awaitable
+    ``send``: one after the other in one coroutine, as a raw ASGI loop does, stepped
+    here. A send that must wait (a full socket) is left to its outbox, which resumes it
+    in a writer task, and the members after it go on at once. Returns how many sends
+    failed here (those connections are gone)."""
+    failed = 0
+    start = 0
+    while start < len(outboxes):
+        batch = _Together(outboxes, start, message)
+        run = batch.run()
+        try:
+            waits_for = run.send(None)
+        except StopIteration:
+            return failed + batch.failed
+        # Suspended in the send to outboxes[batch.index]: once it is done the batch
+        # stops, and the members after it are served by a new batch now.
+        failed += batch.failed
+        batch.detached = True
+        outboxes[batch.index]._wait(run, waits_for)
+        start = batch.index + 1
+    return failed
+
+
+class _Together:
+    """One run of `send_together`: a coroutine awaiting each member's send in turn (the
+    value of a finished send passes back without an exception, unlike stepping each
+    send by hand, which costs a StopIteration per member)."""
+
+    __slots__ = ("detached", "failed", "index", "message", "outboxes", "start")
+
+    def __init__(self, outboxes: list[Outbox], start: int, message: Message) -> None:
+        self.outboxes = outboxes
+        self.start = start
+        self.message = message
+        self.index = start
+        self.failed = 0
+        self.detached = False
+
+    async def run(self) -> None:
+        outboxes, message = self.outboxes, self.message
+        for index in range(self.start, len(outboxes)):
+            self.index = index
+            outbox = outboxes[index]
+            try:
+                await outbox.ws._send(message)
+            except Exception:
+                # The peer went away (uvicorn: ClientDisconnected) or the app closed it.
+                outbox._gone()
+                self.failed += 1
+            if self.detached:
+                return
 
 
 @types.coroutine
@@ -106,14 +160,24 @@ class Outbox:
         self.closed = False
         # Called with "dropped", "closed_slow" or "gone" (the connection cannot be sent to).
         self._report = report
-        # The writer task, while one runs; or a send that waits to be resumed (`_start`).
+        # The writer task, while one runs; or a send that waits to be resumed (`_wait`).
         self._task: asyncio.Task[None] | None = None
         self._pending: Coroutine[Any, Any, None] | None = None
 
-    def push(self, message: Message, frame: bytes | None = None) -> bool:
+    def push(
+        self,
+        message: Message,
+        frame: bytes | None = None,
+        together: list[Outbox] | None = None,
+    ) -> bool:
         """Send or queue ``message``; never blocks. False if it was dropped (or the outbox
-        closed). ``frame``: the message already framed (see ``nexios._frames``), for a
-        server that can write it as it is."""
+        closed, or the connection found gone).
+
+        ``frame``: the message already framed (see ``nexios._frames``), for a server that
+        can write it as it is. ``together``: where a fan-out collects the members to send
+        to with the awaitable ``send``, to do it in one go (`send_together`); without
+        it, push sends at once itself.
+        """
         if self.closed:
             return False
         queue = self.queue
@@ -125,7 +189,10 @@ class Outbox:
             if ws.application_state is _CONNECTED:
                 send_nowait = ws._send_nowait
                 if send_nowait is None:
-                    return self._start(ws._send(message))
+                    if together is not None:
+                        together.append(self)
+                        return True
+                    return not send_together([self], message)
                 if send_nowait(message, frame):
                     return True
         if len(queue) >= self.maxsize:
@@ -135,27 +202,15 @@ class Outbox:
             self._task = asyncio.get_running_loop().create_task(self._write())
         return True
 
-    def _start(self, send: Awaitable[None]) -> bool:
-        """Run an awaitable send until it is done or must wait (for room in the socket,
-        say); then a writer task resumes it once what it waits for is done, and sends
-        what queued behind it. False if it failed: the connection is gone."""
-        if not isinstance(send, Coroutine):
-            # Not a coroutine (a future, say): it can only be awaited, by the writer.
-            self._task = asyncio.get_running_loop().create_task(self._write(send))
-            return True
-        try:
-            waits_for = send.send(None)
-        except StopIteration:
-            return True
-        except Exception:
-            self._gone()
-            return False
+    def _wait(self, send: Coroutine[Any, Any, None], waits_for: Any) -> None:
+        """``send``, started by `send_together`, waits for ``waits_for`` (room in the
+        socket, say): resume it in a writer task once that is done; what queues behind
+        it meanwhile follows it, in order."""
         self._pending = send
         if hasattr(waits_for, "add_done_callback"):
             waits_for.add_done_callback(self._resume)
         else:  # a bare yield (asyncio.sleep(0)): the next loop iteration
             asyncio.get_running_loop().call_soon(self._resume, None)
-        return True
 
     def _resume(self, _: object) -> None:
         send, self._pending = self._pending, None
@@ -213,8 +268,8 @@ class Outbox:
             logger.debug("Could not close slow WebSocket %s", self.ws.id, exc_info=True)
 
     async def _write(self, started: Awaitable[None] | None = None) -> None:
-        """Finish a send `_start` began, then send what waits, in order; end when nothing
-        does (the next push starts again)."""
+        """Finish a send `send_together` began, then send what waits, in order; end when
+        nothing does (the next push starts again)."""
         queue = self.queue
         send = self.ws._send
         ws = self.ws
