@@ -485,8 +485,9 @@ def render(jsonl: Path, markdown: Path, *, plot: bool = True) -> None:
     lines += client_check(records)
     if (BENCH / "PROFILES.md").exists() and markdown.name == "RESULTS.md":
         lines += [
-            "Where nexios misses a target, and why: [PROFILES.md](PROFILES.md) (py-spy "
-            "profiles and garbage-collection logs).",
+            "Where the time goes, what was changed to meet the targets and what each "
+            "change bought: [PROFILES.md](PROFILES.md) (py-spy profiles, garbage-collection "
+            "logs).",
             "",
         ]
     lines += [
