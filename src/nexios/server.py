@@ -324,8 +324,7 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         inbox = self._inbox
         inbox.put_nowait(event)
         # Flow control: stop reading the socket while the app is behind by more than one
-        # message (uvicorn pauses after every message, which costs the event loop two
-        # calls, and often a system call, per message).
+        # message (uvicorn pauses after every message; the memory bound is the same order).
         if len(inbox.items) > 1 and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
