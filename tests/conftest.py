@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -29,6 +28,7 @@ from typing import Any, TypeAlias
 import pytest
 import uvicorn
 
+from _servers import in_ci
 from nexios.application import NexiosApp
 from nexios.server import make_config
 
@@ -171,10 +171,6 @@ def live_server() -> LiveServerFactory:
     return run_live_server
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
 @pytest.fixture
 async def redis_url() -> str:
     """The URL of the Redis server on 127.0.0.1:6379, after a ping.
@@ -187,14 +183,14 @@ async def redis_url() -> str:
         from redis.exceptions import RedisError
     except ImportError:  # pragma: no cover - redis is in the dev extra
         reason = "redis-py is not installed: pip install -e '.[redis]'"
-        if _in_ci():
+        if in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     client = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
     try:
         await asyncio.wait_for(client.ping(), 2)
     except (RedisError, OSError, TimeoutError):
-        if _in_ci():
+        if in_ci():
             pytest.fail(REDIS_MISSING, pytrace=False)
         pytest.skip(REDIS_MISSING)
     finally:

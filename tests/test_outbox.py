@@ -244,9 +244,7 @@ async def test_order_is_kept_when_the_socket_is_full() -> None:
     assert ws.direct == 1
     ws.resume()
     assert await ws.sent_count(5) == [0, 1, 2, 3, 4]
-    writer = outbox._task
-    if writer is not None:
-        await within(asyncio.wait({writer}))
+    await idle(outbox)
     # Caught up: sent at once again.
     assert outbox.push(msg(5)) is True
     assert texts(ws.sent) == [0, 1, 2, 3, 4, 5]

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from _servers import free_port
 from nexios.channels.brokers.base import BrokerUnavailable
 from nexios.channels.brokers.redis import RedisBroker
 
@@ -294,13 +294,6 @@ async def test_listen_reconnects_and_resubscribes_after_its_connection_is_killed
     assert "unavailable" in logs[0][1]
     assert "local delivery continues, reconnecting" in logs[0][1]
     assert "reachable again" in logs[1][1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrivateRedis:

@@ -218,12 +218,18 @@ app.mount_ws_router(chat)
 # ---------------------------------------------------------------------- HTTP
 
 
-@app.post("/rooms/{room}/announce")
-async def announce(request: Request) -> dict[str, Any]:
-    room = request.path_params["room"]
+def room_of(request: Request) -> str:
+    """The ``{room}`` of the path; 404 if it is not a room name."""
+    room: str = request.path_params["room"]
     problem = room_problem(room)
     if problem is not None:
         raise HTTPException(404, problem)
+    return room
+
+
+@app.post("/rooms/{room}/announce")
+async def announce(request: Request) -> dict[str, Any]:
+    room = room_of(request)
     try:
         body = Announcement.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -234,10 +240,7 @@ async def announce(request: Request) -> dict[str, Any]:
 
 @app.get("/rooms/{room}")
 async def who(request: Request) -> dict[str, Any]:
-    room = request.path_params["room"]
-    problem = room_problem(room)
-    if problem is not None:
-        raise HTTPException(404, problem)
+    room = room_of(request)
     roster = await presence.roster(room)
     if roster.gone:
         await tell_presence(room, roster)
