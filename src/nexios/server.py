@@ -29,6 +29,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from nexios._frames import BINARY, TEXT, frame_header
+from nexios.websockets.base import CONTROL_EXTENSION, DEFLATE_EXTENSION, SEND_NOWAIT_EXTENSION
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NexiosWebSocketProtocol", "make_config", "run"]
 
-CONTROL_EXTENSION: Final = "nexios.websocket.control"
-DEFLATE_EXTENSION: Final = "nexios.websocket.permessage_deflate"
-SEND_NOWAIT_EXTENSION: Final = "nexios.websocket.send_nowait"
 
 # RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
 MAX_CONTROL_PAYLOAD: Final = 125
@@ -82,7 +80,7 @@ class _ServerConnection(ServerProtocol):
 
 
 _recv_frame = ServerProtocol.recv_frame
-_TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+_TEXT, _BINARY, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE
 
 
 class _Inbox:

@@ -326,13 +326,16 @@ class ChannelLayer:
         members = self._groups.get(group)
         if not members:
             return 0
+        # A snapshot: members may leave meanwhile.
+        return self._deliver([o for o in list(members.values()) if o.ws is not exclude], kind, body)
+
+    def _deliver(self, outboxes: list[Outbox], kind: str, body: bytes) -> int:
+        """Send a payload to ``outboxes``, encoded and framed once per member encoding."""
         # Per encoding: the message, its frame, and the members to send to with the
         # awaitable send (servers without nexios' send_nowait), all at the end.
         forms: dict[str, tuple[Message, bytes, list[Outbox]]] = {}
         delivered = 0
-        for outbox in list(members.values()):  # a snapshot: members may leave meanwhile
-            if outbox.ws is exclude:
-                continue
+        for outbox in outboxes:
             form = forms.get(outbox.encoding)
             if form is None:
                 form = forms[outbox.encoding] = (*_form(kind, body, outbox.encoding), [])
@@ -382,13 +385,8 @@ class ChannelLayer:
         return delivered
 
     def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
-        delivered = 0
-        for member_id in ids:
-            for outbox in list(self._by_id.get(member_id, ())):
-                if outbox.push(*_form(kind, body, outbox.encoding)):
-                    delivered += 1
-        self.stats.delivered += delivered
-        return delivered
+        by_id = self._by_id
+        return self._deliver([o for i in ids for o in list(by_id.get(i, ()))], kind, body)
 
     async def _publish_remote(self, channel: str, header: dict[str, Any], body: bytes) -> None:
         header["o"] = self.origin

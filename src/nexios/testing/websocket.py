@@ -28,6 +28,7 @@ from nexios.testing._asgi import (
     split_url,
 )
 from nexios.types import Message, Scope
+from nexios.websockets.base import CONTROL_EXTENSION, DEFLATE_EXTENSION
 from nexios.websockets.errors import WebSocketDisconnect
 
 __all__ = [
@@ -163,8 +164,8 @@ def build_websocket_scope(
         "state": config.state.copy(),
         "extensions": {
             "websocket.http.response": {},
-            "nexios.websocket.control": {},
-            "nexios.websocket.permessage_deflate": {"offered": deflate_offered},
+            CONTROL_EXTENSION: {},
+            DEFLATE_EXTENSION: {"offered": deflate_offered},
         },
         **split_url(request.url, config.root_path),
     }
@@ -386,7 +387,7 @@ class AsyncWebSocketSession:
         self.accepted_subprotocol = subprotocol
         self.extra_headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
         self._control = bool(message.get("nexios.control", False))
-        deflate = self.scope["extensions"]["nexios.websocket.permessage_deflate"]
+        deflate = self.scope["extensions"][DEFLATE_EXTENSION]
         self.compression = bool(message.get("nexios.permessage_deflate", False)) and bool(
             deflate["offered"]
         )
