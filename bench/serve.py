@@ -80,6 +80,7 @@ def main() -> None:
                 "ping_timeout": ws.ping_timeout,
                 "max_message_size": ws.max_message_size,
                 "compression": ws.compression,
+                "limits": ws.server_limits(),
             }
         config = make_config(app, "127.0.0.1", port, **settings, **common)
     elif kind == "sansio":

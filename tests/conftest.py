@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import uvicorn
 
 from _servers import in_ci
 from nexios.application import NexiosApp
+from nexios.config import ServerLimits
 from nexios.server import make_config
 
 STARTUP_TIMEOUT = 5.0
@@ -105,8 +107,10 @@ async def _serve(server: uvicorn.Server) -> None:
 @contextlib.asynccontextmanager
 async def run_live_server(app: Any, **settings: Any) -> AsyncIterator[LiveServer]:
     """Serve *app* on 127.0.0.1 until the block exits; see the module docstring."""
+    limits = ServerLimits()
     if isinstance(app, NexiosApp):
         config = app.websocket_config
+        limits = config.server_limits()
         settings = {
             "ping_interval": config.ping_interval,
             "ping_timeout": config.ping_timeout,
@@ -116,7 +120,7 @@ async def run_live_server(app: Any, **settings: Any) -> AsyncIterator[LiveServer
         }
     settings.setdefault("log_level", "warning")
     # Connections still open when the block exits get this long before being cancelled.
-    settings.setdefault("timeout_graceful_shutdown", 2)
+    settings.setdefault("limits", dataclasses.replace(limits, shutdown_timeout=2))
     # make_config configures uvicorn's logging (dictConfig), so it comes before addHandler.
     server = _Server(make_config(app, host="127.0.0.1", port=0, **settings))
     errors: list[str] = []

@@ -13,6 +13,7 @@ import pytest
 import nexios
 from nexios import Nexios, NexiosApp, WebSocketConfig, get_application
 from nexios.cli import load_app, main
+from nexios.config import ServerLimits
 from nexios.testing import LifespanFailed, TestClient
 
 PUBLIC_NAMES = [
@@ -170,7 +171,13 @@ def test_run_passes_the_websocket_settings_to_the_server(monkeypatch: pytest.Mon
 
     monkeypatch.setattr("nexios.server.run", fake_run)
     config = WebSocketConfig(
-        ping_interval=5, ping_timeout=3, max_message_size=4096, compression=True
+        ping_interval=5,
+        ping_timeout=3,
+        max_message_size=4096,
+        compression=True,
+        handshake_timeout=4,
+        max_fragments=16,
+        shutdown_timeout=7,
     )
     app = NexiosApp(websocket_config=config)
     app.run("0.0.0.0", 9000, log_level="warning")
@@ -182,6 +189,7 @@ def test_run_passes_the_websocket_settings_to_the_server(monkeypatch: pytest.Mon
         "ping_timeout": 3,
         "max_message_size": 4096,
         "compression": True,
+        "limits": ServerLimits(handshake_timeout=4, max_fragments=16, shutdown_timeout=7),
         "log_level": "warning",
     }
 
@@ -193,6 +201,10 @@ def test_run_builds_a_uvicorn_config_with_the_nexios_protocol() -> None:
     assert config.ws is NexiosWebSocketProtocol
     assert (config.ws_ping_interval, config.ws_max_size) == (1.5, 10)
     assert config.ws_per_message_deflate is False
+    # The shutdown drain: handlers still running after it are cancelled.
+    assert config.timeout_graceful_shutdown == ServerLimits().shutdown_timeout
+    with pytest.raises(TypeError, match="shutdown_timeout"):
+        make_config(NexiosApp(), timeout_graceful_shutdown=3)
 
 
 def test_websocket_config_rejects_nonsense() -> None:
@@ -200,6 +212,10 @@ def test_websocket_config_rejects_nonsense() -> None:
         WebSocketConfig(max_message_size=0)
     with pytest.raises(ValueError, match="ping_interval must be positive"):
         WebSocketConfig(ping_interval=-1)
+    with pytest.raises(ValueError, match="handshake_timeout must be a positive"):
+        WebSocketConfig(handshake_timeout=0)
+    with pytest.raises(ValueError, match="max_fragments must be at least 1"):
+        WebSocketConfig(max_fragments=0)
 
 
 def test_cli_loads_and_runs_an_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

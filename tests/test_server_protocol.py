@@ -32,6 +32,7 @@ from websockets.uri import parse_uri
 
 from nexios import server as nexios_server
 from nexios._frames import frame_header
+from nexios.config import ServerLimits
 from nexios.server import NexiosWebSocketProtocol, make_config
 
 Scope = dict[str, Any]
@@ -77,9 +78,8 @@ async def serve(handler: Handler, **options: Any) -> AsyncIterator[str]:
     """Run uvicorn with ``make_config(App(handler), port=0, **options)``; yield its ws:// URL."""
     app = App(handler)
     options.setdefault("ping_interval", None)
-    config = make_config(
-        app, "127.0.0.1", 0, log_level="warning", timeout_graceful_shutdown=2, **options
-    )
+    options.setdefault("limits", ServerLimits(shutdown_timeout=2))
+    config = make_config(app, "127.0.0.1", 0, log_level="warning", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -310,7 +310,8 @@ class NexiosApp:
     ) -> None:
         """Serve the app with uvicorn and nexios' WebSocket protocol, until stopped.
 
-        The app's ``websocket_config`` (pings, message size, compression) is passed on;
+        The app's ``websocket_config`` (pings, message size, compression and the server
+        limits) is passed on;
         any other keyword goes to ``uvicorn.Config`` (``log_level``, ``workers`` ...).
         """
         from nexios.server import run
@@ -324,6 +325,7 @@ class NexiosApp:
             ping_timeout=config.ping_timeout,
             max_message_size=config.max_message_size,
             compression=config.compression,
+            limits=config.server_limits(),
             **uvicorn_options,
         )
 

@@ -6,7 +6,55 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["WebSocketConfig"]
+__all__ = ["ServerLimits", "WebSocketConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What the server enforces below the app, on every connection (docs/security.md).
+
+    handshake_timeout:
+        Seconds a client has to send a whole request head (the upgrade request of a
+        WebSocket); a slower one is closed (408 if anything arrived).
+    max_request_line:
+        Bytes of the request line (method, target, version); longer: HTTP 414.
+    max_headers:
+        Header lines in a request; more: HTTP 431.
+    max_header_size:
+        Bytes of all header lines together; more: HTTP 431. A single header line longer
+        than 8 KiB is refused with 431 too: the WebSocket handshake parser reads no more.
+    max_fragments:
+        Frames one message may arrive in (RFC 6455 section 5.4), empty ones included;
+        more closes the connection with 1009.
+    max_backlog:
+        Bytes of received messages, after decompression, that may wait for the app;
+        past it the server stops reading the socket until the app catches up.
+    shutdown_timeout:
+        Seconds that handlers get to finish after the server is told to stop (every
+        client has been sent 1012); then they are cancelled and the process exits.
+    """
+
+    handshake_timeout: float = 10.0
+    max_request_line: int = 8192
+    max_headers: int = 128
+    max_header_size: int = 64 * 1024
+    max_fragments: int = 4096
+    max_backlog: int = 1 << 20
+    shutdown_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "shutdown_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds.")
+        for name in (
+            "max_request_line",
+            "max_headers",
+            "max_header_size",
+            "max_fragments",
+            "max_backlog",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +99,12 @@ class WebSocketConfig:
         ``messages`` and that many per ``seconds`` on average; a client over it is closed
         with 1008 "Rate limit exceeded". None: no limit.
 
-    Server-wide fields (pings, message size, compression) apply to the whole server;
+    handshake_timeout, max_request_line, max_headers, max_header_size, max_fragments,
+    max_backlog, shutdown_timeout:
+        Limits the server enforces below the app: see `ServerLimits`.
+
+    Server-wide fields (pings, message size, compression and the `ServerLimits`) apply
+    to the whole server;
     the others can be set per route with ``config=WebSocketConfig(...)``, which then
     replaces the app's configuration for that route.
     """
@@ -67,8 +120,28 @@ class WebSocketConfig:
     max_connections: int | None = None
     max_connections_per_client: int | None = None
     rate_limit: tuple[int, float] | None = None
+    handshake_timeout: float = 10.0
+    max_request_line: int = 8192
+    max_headers: int = 128
+    max_header_size: int = 64 * 1024
+    max_fragments: int = 4096
+    max_backlog: int = 1 << 20
+    shutdown_timeout: float = 10.0
+
+    def server_limits(self) -> ServerLimits:
+        """The fields that are `ServerLimits`, as one (what ``app.run`` gives the server)."""
+        return ServerLimits(
+            handshake_timeout=self.handshake_timeout,
+            max_request_line=self.max_request_line,
+            max_headers=self.max_headers,
+            max_header_size=self.max_header_size,
+            max_fragments=self.max_fragments,
+            max_backlog=self.max_backlog,
+            shutdown_timeout=self.shutdown_timeout,
+        )
 
     def __post_init__(self) -> None:
+        self.server_limits()  # checks the limits
         if self.allowed_origins is not None:
             if isinstance(self.allowed_origins, str):
                 raise ValueError(

@@ -29,6 +29,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from nexios._frames import BINARY, TEXT, frame_header
+from nexios.config import ServerLimits
 from nexios.websockets.base import CONTROL_EXTENSION, DEFLATE_EXTENSION, SEND_NOWAIT_EXTENSION
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from nexios.types import ASGIApp
 
-__all__ = ["NexiosWebSocketProtocol", "make_config", "run"]
+__all__ = ["NexiosWebSocketProtocol", "ServerConfig", "limits_of", "make_config", "run"]
 
 
 # RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
@@ -573,6 +574,24 @@ class _AbortingTransport:
         return getattr(self._transport, name)
 
 
+class ServerConfig(uvicorn.Config):
+    """uvicorn's ``Config`` with the limits nexios' protocols enforce (``limits``)."""
+
+    def __init__(self, app: ASGIApp | str, *, limits: ServerLimits, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.limits = limits
+
+
+_DEFAULT_LIMITS: Final = ServerLimits()
+
+
+def limits_of(config: uvicorn.Config) -> ServerLimits:
+    """The limits of a server: its `ServerConfig`'s, or the defaults for a plain
+    ``uvicorn.Config`` (our protocols served by ``uvicorn.run(..., ws=...)``)."""
+    limits = getattr(config, "limits", None)
+    return limits if isinstance(limits, ServerLimits) else _DEFAULT_LIMITS
+
+
 # Options of uvicorn.Config that make_config sets from its own arguments.
 _OWN_OPTIONS: Final = {
     "ws": "the nexios protocol",
@@ -580,6 +599,7 @@ _OWN_OPTIONS: Final = {
     "ws_ping_timeout": "ping_timeout",
     "ws_max_size": "max_message_size",
     "ws_per_message_deflate": "compression",
+    "timeout_graceful_shutdown": "limits=ServerLimits(shutdown_timeout=...)",
 }
 
 
@@ -596,8 +616,9 @@ def make_config(
     ping_timeout: float | None = 20.0,
     max_message_size: int = 1 << 20,
     compression: bool = False,
+    limits: ServerLimits | None = None,
     **uvicorn_kwargs: Any,
-) -> uvicorn.Config:
+) -> ServerConfig:
     """Build the uvicorn ``Config`` that serves *app* with `NexiosWebSocketProtocol`.
 
     - *ping_interval*: seconds between the server's keepalive Pings; ``None`` sends none.
@@ -610,6 +631,9 @@ def make_config(
       ``"nexios.permessage_deflate": True`` or ``False`` decides for its connection; without
       the key, ``compression=False`` (the default) leaves the connection uncompressed and
       ``compression=True`` compresses it.
+    - *limits*: what the server enforces below the app (handshake timeout, request head
+      limits, fragments, inbound backlog, shutdown drain): `ServerLimits`, whose
+      defaults apply when it is None.
 
     ``http="httptools"`` and ``loop="uvloop"`` are used when importable (else h11 and
     asyncio), with ``lifespan="on"``; *uvicorn_kwargs* go to ``uvicorn.Config`` as they
@@ -624,8 +648,10 @@ def make_config(
         "lifespan": "on",
     }
     options.update(uvicorn_kwargs)
-    return uvicorn.Config(
+    limits = limits or _DEFAULT_LIMITS
+    return ServerConfig(
         app,
+        limits=limits,
         host=host,
         port=port,
         ws=NexiosWebSocketProtocol,
@@ -633,6 +659,7 @@ def make_config(
         ws_ping_timeout=ping_timeout,
         ws_max_size=max_message_size,
         ws_per_message_deflate=compression,
+        timeout_graceful_shutdown=limits.shutdown_timeout,
         **options,
     )
 
@@ -646,6 +673,7 @@ def run(
     ping_timeout: float | None = 20.0,
     max_message_size: int = 1 << 20,
     compression: bool = False,
+    limits: ServerLimits | None = None,
     **uvicorn_kwargs: Any,
 ) -> None:
     """Serve *app* until interrupted: ``uvicorn.Server(make_config(...)).run()``.
@@ -660,6 +688,7 @@ def run(
         ping_timeout=ping_timeout,
         max_message_size=max_message_size,
         compression=compression,
+        limits=limits,
         **uvicorn_kwargs,
     )
     # uvicorn re-raises SIGINT after a clean shutdown; uvicorn.run() hides it too.
