@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
-import re
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -18,12 +16,12 @@ from nexios.datastructures import URL, Address, Headers, QueryParams, State, par
 from nexios.exceptions import (
     WebSocketDisconnect,
     WebSocketException,
-    WebSocketInvalidJSON,
     WebSocketStateError,
     WebSocketUnsupported,
     WebSocketUnsupportedData,
 )
 from nexios.types import Message, Receive, Scope, Send
+from nexios.websockets.codec import decode_json
 from nexios.websockets.guard import RATE_LIMITED
 
 if TYPE_CHECKING:
@@ -754,10 +752,6 @@ class WebSocket:
         )
 
 
-_LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
-
-
 class _Messages(Generic[T]):
     """``ws.iter_*()``: each message, converted, until the peer closes. A class rather
     than an async generator: one coroutine per message instead of a generator's frame
@@ -799,30 +793,6 @@ def _json_of(message: Message) -> Any:
     if data is None:
         data = message.get("bytes") or b""
     return decode_json(data)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def decode_json(data: str | bytes) -> Any:
-    """Parse a message as JSON; WebSocketInvalidJSON (1007) if it is not.
-
-    orjson reads integers beyond 64 bits as floats, losing digits; a message with 19 or
-    more digits in a row is parsed by the standard library instead, exactly.
-    """
-    try:
-        long_number = (
-            _LONG_NUMBER_TEXT.search(data)
-            if isinstance(data, str)
-            else _LONG_NUMBER_BYTES.search(data)
-        )
-        if long_number is None:
-            return orjson.loads(data)
-        return json.loads(data, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise WebSocketInvalidJSON(f"Message is not valid JSON: {reason}.") from None
 
 
 def _send_nowait(scope: Scope, send: Send) -> Callable[[Message, bytes | None], bool] | None:

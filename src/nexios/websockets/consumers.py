@@ -19,7 +19,8 @@ from nexios.exceptions import (
     WebSocketUnsupportedData,
 )
 from nexios.types import Message
-from nexios.websockets.base import WebSocket, WebSocketState, decode_json
+from nexios.websockets.base import WebSocket, WebSocketState
+from nexios.websockets.codec import decode_json
 
 __all__ = ["WebSocketConsumer", "WebSocketEndpoint"]
 
