@@ -40,6 +40,17 @@ def echo_app(config: WebSocketConfig, route_config: WebSocketConfig | None = Non
         ("https://evil.com", False),
         ("https://example.com.evil.com", False),
         ("null", False),
+        # Parsed, not matched as strings: a wildcard stands for whole labels of the host.
+        ("https://a.b.example.com", True),
+        ("https://eu.example.com:443", True),  # the default port, written out
+        ("https://eu.example.com:8443", False),  # another port
+        ("https://evil.com/.example.com", False),  # a path: not an origin at all
+        ("https://evil.com?.example.com", False),
+        ("https://evil.com#.example.com", False),
+        ("https://evil.com\\.example.com", False),
+        ("https://user@eu.example.com", False),
+        ("https://.example.com", False),  # an empty label
+        ("https://eu.example.com.", False),
     ],
 )
 def test_origin_matching(origin: str, allowed: bool) -> None:
@@ -140,6 +151,14 @@ def test_an_idle_connection_is_closed_with_1001() -> None:
 def test_bad_settings_name_the_fix() -> None:
     with pytest.raises(ValueError, match=r"allowed_origins=\['https://a.com'\]"):
         WebSocketConfig(allowed_origins="https://a.com")
+    for pattern in (
+        "*.example.com",
+        "https://*example.com",
+        "https://a.com/app",
+        "https://a.*.com",
+    ):
+        with pytest.raises(ValueError, match=r"is not an origin.*https://\*\.example\.com"):
+            WebSocketConfig(allowed_origins=[pattern])
     with pytest.raises(ValueError, match=r"\(messages, seconds\)"):
         WebSocketConfig(rate_limit=(0, 1.0))
     with pytest.raises(ValueError, match="max_connections must be at least 1"):
@@ -149,6 +168,22 @@ def test_bad_settings_name_the_fix() -> None:
 
 
 # On a real server, with the websockets client
+
+
+async def test_a_wildcard_origin_matches_whole_labels_on_a_real_server(live_server: Any) -> None:
+    """Before, the wildcard was a raw suffix match: this handshake was accepted."""
+    app = echo_app(WebSocketConfig(allowed_origins=["https://*.example.com"]))
+    async with live_server(app) as server:
+        url = server.ws + "/ws"
+        for origin in ("https://evil.com/.example.com", "https://example.com.evil.com"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url, origin=origin, open_timeout=TIMEOUT):  # type: ignore[arg-type]
+                    pass
+            assert refused.value.response.status_code == 403, origin
+        async with connect(url, origin="https://eu.example.com", open_timeout=TIMEOUT) as ws:  # type: ignore[arg-type]
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"
+    assert app.guard.stats.refused_origin == 2
 
 
 async def test_guards_on_a_real_server(live_server: Any) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from nexios._origins import parse_origin
+
 __all__ = ["ServerLimits", "WebSocketConfig"]
 
 
@@ -85,7 +87,9 @@ class WebSocketConfig:
     allowed_origins:
         The ``Origin`` values a browser handshake may carry, e.g.
         ``["https://chat.example.com", "https://*.example.com"]``; a handshake from any
-        other origin is refused with HTTP 403 (cross-site WebSocket hijacking). ``None``
+        other origin is refused with HTTP 403 (cross-site WebSocket hijacking). Origins
+        are compared parsed (scheme, host, port); ``*.`` stands for one or more whole
+        labels at the start of the host. ``None``
         (default) allows every origin: any web page the user visits can then open a
         WebSocket to this server with the user's cookies. Clients that send no Origin
         (non-browser clients) are not affected.
@@ -148,7 +152,14 @@ class WebSocketConfig:
                     "allowed_origins is a list of origins: write "
                     f"allowed_origins=[{self.allowed_origins!r}]."
                 )
-            origins = tuple(origin.rstrip("/").lower() for origin in self.allowed_origins)
+            origins = tuple(origin.strip().rstrip("/").lower() for origin in self.allowed_origins)
+            for origin in origins:
+                if origin != "*" and parse_origin(origin, wildcard=True) is None:
+                    raise ValueError(
+                        f"allowed_origins: {origin!r} is not an origin. Write "
+                        "'scheme://host' or 'scheme://host:port' (no path), with '*.' only "
+                        "as the host's first label, e.g. 'https://*.example.com', or '*'."
+                    )
             object.__setattr__(self, "allowed_origins", origins)
         for name in ("max_connections", "max_connections_per_client"):
             limit = getattr(self, name)

@@ -12,30 +12,25 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from nexios._origins import origin_allowed, parse_origin
 from nexios._tasks import spawn
 from nexios.config import WebSocketConfig
 
 if TYPE_CHECKING:
     from nexios.websockets.base import WebSocket
 
-__all__ = ["ConnectionGuard", "ConnectionWatch", "GuardStats", "origin_allowed"]
+__all__ = [
+    "ConnectionGuard",
+    "ConnectionWatch",
+    "GuardStats",
+    "origin_allowed",
+    "parse_origin",
+]
 
 logger = logging.getLogger("nexios.websockets")
 
 RATE_LIMITED = (1008, "Rate limit exceeded")
 IDLE = (1001, "Idle timeout")
-
-
-def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
-    """Whether ``origin`` is one of ``allowed`` (``"*"``, exact, or ``scheme://*.domain``)."""
-    origin = origin.rstrip("/").lower()
-    for pattern in allowed:
-        if pattern == "*" or pattern == origin:
-            return True
-        scheme, sep, host = pattern.partition("://*.")
-        if sep and origin.startswith(scheme + "://") and origin.endswith("." + host):
-            return True
-    return False
 
 
 class GuardStats:
