@@ -17,6 +17,9 @@ a test that reads the server's output to wait for it:
 Routes:
 
 * ``WS /echo``: joins the group ``echo``, echoes every text message.
+* ``WS /publish-loop``: publishes 1 KiB to the group ``loop`` in a loop that never
+  ends by itself (``publishing``, once it started).
+* ``WS /spin``: a handler that never yields to the event loop (``spinning``).
 * ``WS /flood``: sends 64 KiB binary messages as fast as the client takes them, and says
   so (``flood-stuck``) once a send has waited ``STUCK`` seconds: the client does not
   read, its socket and uvicorn's write buffer are full.
@@ -55,10 +58,14 @@ async def lifespan(app: NexiosApp) -> AsyncIterator[dict[str, Any]]:
 
 
 # No keepalive pings: a client that never reads must be released by the shutdown alone.
+# $NEXIOS_SHUTDOWN_TIMEOUT: the drain (the tests of a bounded exit shorten it).
 app = NexiosApp(
     title="shutdown test app",
     lifespan=lifespan,
-    websocket_config=WebSocketConfig(ping_interval=None),
+    websocket_config=WebSocketConfig(
+        ping_interval=None,
+        shutdown_timeout=float(os.environ.get("NEXIOS_SHUTDOWN_TIMEOUT", "10")),
+    ),
     broker="memory://shutdown-test-app",
 )
 stats: dict[str, int] = {"connections": 0, "flood_sent": 0}
@@ -86,6 +93,27 @@ async def echo(ws: WebSocket) -> None:
     finally:
         stats["connections"] -= 1
         mark(f"closed echo {ws.close_code}")
+
+
+@app.ws_route("/publish-loop")
+async def publish_loop(ws: WebSocket) -> None:
+    await ws.accept()
+    stats["connections"] += 1
+    mark("publishing")
+    try:
+        while True:
+            await app.channels.publish("loop", CHUNK[:1024])
+    finally:
+        stats["connections"] -= 1
+        mark(f"closed publish-loop {ws.close_code}")
+
+
+@app.ws_route("/spin")
+async def spin(ws: WebSocket) -> None:
+    await ws.accept()
+    mark("spinning")
+    while True:  # never yields: nothing in the event loop runs again
+        pass
 
 
 @app.ws_route("/flood")

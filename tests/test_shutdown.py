@@ -38,7 +38,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from nexios.server import ABORT_AFTER
+from nexios.server import ABORT_AFTER, EXIT_GRACE
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.shutdown_app:app"
@@ -57,7 +57,8 @@ async def within(awaitable: Any, timeout: float = TIMEOUT) -> Any:
 class ServerProcess:
     """``python -m nexios run tests.shutdown_app:app`` with its output collected."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.marker = directory / "marker.txt"
         self.lines: list[str] = []
         self._changed = asyncio.Event()
@@ -87,6 +88,7 @@ class ServerProcess:
             **os.environ,
             "NEXIOS_SHUTDOWN_MARKER": str(self.marker),
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -129,15 +131,15 @@ class ServerProcess:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def stop(self, sig: signal.Signals) -> float:
-        """Send ``sig``; the seconds until the process exited (it must, within EXIT_BOUND)."""
+    async def stop(self, sig: signal.Signals, bound: float = EXIT_BOUND) -> float:
+        """Send ``sig``; the seconds until the process exited (it must, within *bound*)."""
         assert self.process is not None
         started = time.monotonic()
         self.process.send_signal(sig)
         try:
-            self.returncode = await asyncio.wait_for(self.process.wait(), EXIT_BOUND)
+            self.returncode = await asyncio.wait_for(self.process.wait(), bound)
         except TimeoutError:
-            pytest.fail(f"No exit {EXIT_BOUND} s after {sig.name}.{self.explain()}")
+            pytest.fail(f"No exit {bound} s after {sig.name}.{self.explain()}")
         took = time.monotonic() - started
         if self._reader is not None:
             await within(self._reader)
@@ -316,3 +318,50 @@ async def test_exit_status_after_a_graceful_shutdown(
     assert_hooks_ran_after_the_handlers(server, {"echo": 1})
     assert "Traceback" not in server.output(), server.explain()
     assert server.returncode == status, server.explain()
+
+
+# A bounded exit: handlers that do not end are cancelled after the drain, and a process
+# whose event loop never runs again ends all the same.
+
+DRAIN = 1.0  # $NEXIOS_SHUTDOWN_TIMEOUT in these tests
+
+
+@pytest.fixture
+async def short_drain(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    process = ServerProcess(tmp_path, {"NEXIOS_SHUTDOWN_TIMEOUT": str(DRAIN)})
+    try:
+        await process.start()
+        yield process
+    finally:
+        await process.kill()
+
+
+async def test_a_handler_publishing_in_a_loop_is_cancelled_after_the_drain(
+    short_drain: ServerProcess,
+) -> None:
+    """Before: the loop never yielded, so the process never even began its shutdown."""
+    server = short_drain
+    async with connect(server.ws + "/publish-loop", open_timeout=TIMEOUT) as ws:
+        await server.wait_for(r"\[shutdown_app\] publishing")
+        took = await server.stop(signal.SIGTERM, DRAIN + 3.0)
+        closed = await closed_by_server(ws)
+    print(f"\npublishing handler: exit {took:.2f} s after SIGTERM (drain {DRAIN} s)")
+    assert_closed_cleanly(closed, server)
+    output = server.output()
+    assert "closed publish-loop" in output, server.explain()  # cancelled: its finally ran
+    assert "Cancel 1 running task(s)" in output, server.explain()
+    assert "Shutdown complete in" in output, server.explain()
+    assert server.returncode == -signal.SIGTERM, server.explain()
+
+
+async def test_a_handler_that_never_yields_cannot_hold_the_exit(
+    short_drain: ServerProcess,
+) -> None:
+    server = short_drain
+    async with connect(server.ws + "/spin", open_timeout=TIMEOUT):
+        await server.wait_for(r"\[shutdown_app\] spinning")
+        took = await server.stop(signal.SIGTERM, DRAIN + EXIT_GRACE + 3.0)
+    print(f"\nspinning handler: exit {took:.2f} s after SIGTERM (bound {DRAIN + EXIT_GRACE} s)")
+    assert took >= DRAIN + EXIT_GRACE - 0.5, server.explain()
+    assert "Shutdown not complete" in server.output(), server.explain()
+    assert server.returncode == 1, server.explain()

@@ -11,6 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import logging
+import os
+import threading
+import time
 from asyncio.transports import BaseTransport
 from collections import deque
 from collections.abc import Mapping
@@ -33,12 +37,22 @@ from nexios.config import ServerLimits
 from nexios.websockets.base import CONTROL_EXTENSION, DEFLATE_EXTENSION, SEND_NOWAIT_EXTENSION
 
 if TYPE_CHECKING:
+    import socket
+    from types import FrameType
+
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
     from uvicorn.server import ServerState
 
     from nexios.types import ASGIApp
 
-__all__ = ["NexiosWebSocketProtocol", "ServerConfig", "limits_of", "make_config", "run"]
+__all__ = [
+    "NexiosWebSocketProtocol",
+    "ProcessServer",
+    "ServerConfig",
+    "limits_of",
+    "make_config",
+    "run",
+]
 
 
 # RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
@@ -693,4 +707,77 @@ def run(
     )
     # uvicorn re-raises SIGINT after a clean shutdown; uvicorn.run() hides it too.
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
+        ProcessServer(config).run()
+
+
+# Seconds past the drain (`ServerLimits.shutdown_timeout`) that the shutdown hooks and
+# the interpreter's own exit may take before the process is ended all the same.
+EXIT_GRACE: Final = 5.0
+
+_server_log = logging.getLogger("uvicorn.error")
+
+
+class ProcessServer(uvicorn.Server):
+    """uvicorn's ``Server`` for a process of its own (what `run` serves with), whose
+    exit is bounded.
+
+    uvicorn sends every WebSocket 1012 and waits ``shutdown_timeout`` seconds (its
+    ``timeout_graceful_shutdown``) for the handlers, then cancels those still running
+    and runs the shutdown hooks. Nothing bounds what comes after: a handler that
+    ignores its cancellation, a hook that hangs, or code that never yields to the event
+    loop (then not even the drain starts). So the stop signal also arms a watchdog
+    thread: ``shutdown_timeout + EXIT_GRACE`` seconds later, if the process is still
+    there, it logs why at CRITICAL and ends the process with status 1. Never use it in
+    a process that serves anything else (tests serving in-process use ``uvicorn.Server``).
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._watchdog: threading.Timer | None = None
+        self._stop_began = 0.0
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: it runs in the main thread even while the event loop is
+        # busy, so the bound holds when no coroutine ever yields.
+        super().handle_exit(sig, frame)
+        self._arm_watchdog()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._arm_watchdog()
+        handlers = len(self.server_state.tasks)
+        _server_log.info(
+            "Draining %d connection(s): handlers have %.1f s to finish, then they are "
+            "cancelled; the process exits within %.1f s.",
+            len(self.server_state.connections),
+            limits_of(self.config).shutdown_timeout,
+            self._bound(),
+        )
+        await super().shutdown(sockets)
+        _server_log.info(
+            "Shutdown complete in %.2f s (%d handler(s) were running).",
+            time.monotonic() - self._stop_began,
+            handlers,
+        )
+
+    def _bound(self) -> float:
+        return limits_of(self.config).shutdown_timeout + EXIT_GRACE
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            return
+        self._stop_began = time.monotonic()
+        self._watchdog = threading.Timer(self._bound(), self._overdue)
+        self._watchdog.daemon = True  # the interpreter's exit does not wait for it
+        self._watchdog.start()
+
+    def _overdue(self) -> None:
+        _server_log.critical(
+            "Shutdown not complete %.1f s after the stop signal (%d handler(s) still "
+            "running: a handler or shutdown hook does not end, or code blocks the event "
+            "loop). Exiting now.",
+            time.monotonic() - self._stop_began,
+            len(self.server_state.tasks),
+        )
+        for handler in logging.getLogger("uvicorn.error").handlers:
+            handler.flush()
+        os._exit(1)
