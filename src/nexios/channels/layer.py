@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,6 +45,13 @@ PayloadKind = Literal["json", "text", "bytes"]
 # Broker channel names: user groups, and the one channel for messages addressed by id.
 _GROUP = "g:"
 _DIRECT = "direct"
+
+# Fan-out holds the event loop for at most about this long (seconds) before it lets the
+# loop run: a handler publishing in a loop, or one publish to a huge group, must not
+# freeze every other connection (HTTP requests, pings, SIGTERM).
+SLICE = 0.005
+# A fan-out larger than this many members reads the clock between chunks of it.
+_CHUNK = 512
 
 
 def broker_from_url(url: str | None) -> Broker:
@@ -155,6 +163,9 @@ class ChannelLayer:
         self._start_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
         self._publish_down = False
+        # When the current slice of fan-out work began (perf_counter); 0.0 once the
+        # event loop has had a turn since (`_slice_over`, scheduled with call_soon).
+        self._slice_start = 0.0
 
     # ------------------------------------------------------------------ life
 
@@ -203,10 +214,31 @@ class ChannelLayer:
 
     async def _listen(self) -> None:
         async for channel, data in self.broker.listen():
+            self._slice_begin()
             try:
-                self._on_remote(channel, data)
+                await self._on_remote(channel, data)
             except Exception:
                 logger.exception("Bad message on broker channel %r (%d bytes)", channel, len(data))
+            # A burst from other processes may arrive without the broker suspending.
+            if time.perf_counter() - self._slice_start > SLICE:
+                await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------ slices
+
+    def _slice_begin(self) -> None:
+        """Note when fan-out work began, unless it began earlier in this turn of the loop."""
+        if not self._slice_start:
+            self._slice_start = time.perf_counter()
+            # Runs when the event loop next gets a turn: the slice is over.
+            asyncio.get_running_loop().call_soon(self._slice_over)
+
+    def _slice_over(self) -> None:
+        self._slice_start = 0.0
+
+    async def _yield_if_busy(self) -> None:
+        """Let the event loop run if fan-out has held it longer than SLICE."""
+        if time.perf_counter() - self._slice_start > SLICE:
+            await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ members
 
@@ -322,12 +354,26 @@ class ChannelLayer:
 
     # ------------------------------------------------------------------ sending
 
-    def _fan_out(self, group: str, kind: str, body: bytes, exclude: WebSocket | None) -> int:
+    async def _fan_out(self, group: str, kind: str, body: bytes, exclude: WebSocket | None) -> int:
         members = self._groups.get(group)
         if not members:
             return 0
         # A snapshot: members may leave meanwhile.
-        return self._deliver([o for o in list(members.values()) if o.ws is not exclude], kind, body)
+        return await self._deliver_sliced(
+            [o for o in list(members.values()) if o.ws is not exclude], kind, body
+        )
+
+    async def _deliver_sliced(self, outboxes: list[Outbox], kind: str, body: bytes) -> int:
+        """`_deliver`, in chunks for a large fan-out, letting the event loop run between
+        two chunks once it has been held for longer than SLICE."""
+        if len(outboxes) <= _CHUNK:
+            return self._deliver(outboxes, kind, body)
+        delivered = 0
+        for start in range(0, len(outboxes), _CHUNK):
+            if start:
+                await self._yield_if_busy()
+            delivered += self._deliver(outboxes[start : start + _CHUNK], kind, body)
+        return delivered
 
     def _deliver(self, outboxes: list[Outbox], kind: str, body: bytes) -> int:
         """Send a payload to ``outboxes``, encoded and framed once per member encoding."""
@@ -368,9 +414,13 @@ class ChannelLayer:
             # Saved first: a client that has seen the message live finds it in the
             # history when it reloads, in every process.
             await self._save(group, kind, body)
-        delivered = self._fan_out(group, kind, body, exclude)
+        self._slice_begin()
+        delivered = await self._fan_out(group, kind, body, exclude)
         if self.broker.shared:
             await self._publish_remote(_GROUP + group, {"k": kind}, body)
+        # On memory:// nothing above suspends: a loop of publishes would never let the
+        # event loop run.
+        await self._yield_if_busy()
         return delivered
 
     async def send_to(self, ids: Iterable[str], payload: Any) -> int:
@@ -379,14 +429,18 @@ class ChannelLayer:
         targets = list(dict.fromkeys(str(i) for i in ids))
         kind, body = _encode(payload)
         self.stats.published += 1
-        delivered = self._deliver_ids(targets, kind, body)
+        self._slice_begin()
+        delivered = await self._deliver_ids(targets, kind, body)
         if self.broker.shared:
             await self._publish_remote(_DIRECT, {"k": kind, "i": targets}, body)
+        await self._yield_if_busy()
         return delivered
 
-    def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
+    async def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
         by_id = self._by_id
-        return self._deliver([o for i in ids for o in list(by_id.get(i, ()))], kind, body)
+        return await self._deliver_sliced(
+            [o for i in ids for o in list(by_id.get(i, ()))], kind, body
+        )
 
     async def _publish_remote(self, channel: str, header: dict[str, Any], body: bytes) -> None:
         header["o"] = self.origin
@@ -407,7 +461,7 @@ class ChannelLayer:
             self._publish_down = False
             logger.info("Broker available again: messages reach every process.")
 
-    def _on_remote(self, channel: str, data: bytes) -> None:
+    async def _on_remote(self, channel: str, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
         header = orjson.loads(head)
         if header.get("o") == self.origin:
@@ -415,9 +469,9 @@ class ChannelLayer:
         self.stats.received_remote += 1
         kind = header["k"]
         if channel == _DIRECT:
-            self._deliver_ids(header["i"], kind, body)
+            await self._deliver_ids(header["i"], kind, body)
         elif channel.startswith(_GROUP):
-            self._fan_out(channel[len(_GROUP) :], kind, body, None)
+            await self._fan_out(channel[len(_GROUP) :], kind, body, None)
 
     # ------------------------------------------------------------------ history
 
