@@ -11,7 +11,10 @@ broker is ``$NEXIOS_BROKER_URL`` (default ``memory://``).
   publishes ``count`` text messages of ``size`` bytes to ``fan`` in a loop (``await
   app.channels.publish``), then sends ``done <seconds>``;
 * ``POST /publish/{group}``: publishes the JSON body to the group; answers
-  ``{"local": n, "took": seconds}``, how long ``publish`` took, measured in the handler;
+  ``{"local": n, "took": seconds, "outcome": counter}``: how long ``publish`` took,
+  measured in the handler, and which counter of ``app.channels.stats`` it moved (what
+  became of the message for the other processes; the test publishes one at a time per
+  server, so that this is exact);
 * ``GET /health``: ``{"broker_healthy", "members", "stats"}``.
 """
 
@@ -55,12 +58,20 @@ async def flood(ws: WebSocket) -> None:
         await ws.send_text(f"done {time.perf_counter() - started:.3f}")
 
 
+# Which counter a publish moved: what became of the message for the other processes.
+OUTCOMES = ("publish_refused", "publish_failed", "publish_unknown", "published_remote")
+
+
 @app.post("/publish/{group}")
 async def publish(request: Request) -> dict[str, Any]:
     payload: Any = await request.json()
+    before = app.channels.stats.as_dict()
     started = time.perf_counter()
     local = await app.channels.publish(request.path_params["group"], payload)
-    return {"local": local, "took": time.perf_counter() - started}
+    took = time.perf_counter() - started
+    after = app.channels.stats.as_dict()
+    moved = [name for name in OUTCOMES if after.get(name) != before.get(name)]
+    return {"local": local, "took": took, "outcome": moved[0] if moved else None}
 
 
 @app.get("/health")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from _servers import AppServer
+from _servers import AppServer, in_ci
 
 APP = "tests.publish_app:app"
 DEADLINE = 10.0  # any wait for something that must happen
@@ -197,3 +199,188 @@ async def test_sigterm_during_a_publishing_loop_ends_the_process(flooded: Floode
     # uvicorn shuts down gracefully, then raises the signal again.
     assert process.returncode in (0, -signal.SIGTERM), server.log()
     assert "Finished server process" in server.log(), server.log()
+
+
+# 2. Redis hung (SIGSTOP) while two processes publish: publishes fail fast, counts exact.
+
+STREAM_INTERVAL = 0.02  # 50 messages/s from each server
+STOPPED = 3.0  # seconds Redis stays stopped
+BROKER_TIMEOUT = 1.0  # RedisBroker's default timeout
+FAST = 0.05  # a publish while Redis is known down returns within this
+
+
+@dataclass
+class Sent:
+    n: int
+    started: float  # time.monotonic() before the POST
+    done: float  # ... once it answered
+    took: float  # how long publish() took, measured in the server
+    outcome: str | None  # which counter it moved
+
+
+@dataclass
+class Member:
+    """A websockets client in ``fan``; a task collects the stream messages it receives."""
+
+    conn: ClientConnection
+    received: list[dict[str, Any]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for message in self.conn:
+                self.received.append(json.loads(message))
+
+    def numbers(self, sender: str) -> list[int]:
+        return [m["n"] for m in self.received if m.get("from") == sender]
+
+
+async def stream(server: AppServer, http: httpx.AsyncClient, stop: asyncio.Event) -> list[Sent]:
+    """POST {"from": name, "n": 0, 1, ...} to ``fan`` every STREAM_INTERVAL until *stop*,
+    one at a time."""
+    sent: list[Sent] = []
+    while not stop.is_set():
+        started = time.monotonic()
+        response = await http.post(
+            f"{server.http}/publish/fan", json={"from": server.name, "n": len(sent)}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        # Local delivery never depends on Redis: one member here, always reached.
+        assert answer["local"] == 1, answer
+        sent.append(Sent(len(sent), started, time.monotonic(), answer["took"], answer["outcome"]))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STREAM_INTERVAL)
+    return sent
+
+
+async def test_a_hung_redis_fails_publishes_fast_and_the_counts_add_up(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        reason = "redis-server is not on PATH (apt-get install redis-server)"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    from test_cluster import PrivateRedis
+
+    async with contextlib.AsyncExitStack() as stack:
+        redis = PrivateRedis(tmp_path)
+        stack.push_async_callback(redis.kill)
+        await redis.start()
+        assert redis.process is not None
+        stack.callback(_resume, redis.process)  # never leave it stopped
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        env = {"NEXIOS_BROKER_URL": redis.url}
+        servers = {name: AppServer(name, APP, tmp_path, env) for name in ("A", "B")}
+        for server in servers.values():
+            stack.push_async_callback(server.stop)
+        await asyncio.gather(*(s.start(http) for s in servers.values()))
+
+        def logs() -> str:
+            return "".join(f"\n----- {s.name} -----\n{s.log()}" for s in servers.values())
+
+        members: dict[str, Member] = {}
+        for name, server in servers.items():
+            conn = await stack.enter_async_context(
+                connect(f"{server.ws}/member", open_timeout=DEADLINE, close_timeout=2)
+            )
+            assert json.loads(await asyncio.wait_for(conn.recv(), DEADLINE)) == {"type": "joined"}
+            member = members[name] = Member(conn)
+            member.task = asyncio.create_task(member._read())
+            stack.callback(member.task.cancel)
+        other = {"A": "B", "B": "A"}
+
+        stop = asyncio.Event()
+        streams = {n: asyncio.create_task(stream(s, http, stop)) for n, s in servers.items()}
+
+        def flowing(count: int) -> bool:
+            if any(task.done() for task in streams.values()):
+                return True  # a stream failed: its error is raised below
+            return all(len(members[other[n]].numbers(n)) >= count for n in servers)
+
+        try:
+            await wait_for(lambda: flowing(10), "streaming both ways", logs)
+            redis.process.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            await wait_for(lambda: time.monotonic() - stopped > STOPPED, "stopped", logs)
+            redis.process.send_signal(signal.SIGCONT)
+            resumed = time.monotonic()
+
+            async def healthy() -> bool:
+                states = [await s.health(http) for s in servers.values()]
+                return all(state["broker_healthy"] for state in states)
+
+            recovery = await wait_for(healthy, "healthy again on both", logs)
+            marks = {n: len(members[other[n]].numbers(n)) for n in servers}
+            await wait_for(lambda: flowing(max(marks.values()) + 15), "flowing again", logs)
+        finally:
+            stop.set()
+            done = await asyncio.wait_for(asyncio.gather(*streams.values()), DEADLINE)
+        sent = dict(zip(streams, done, strict=True))
+
+        for name, server in servers.items():
+            mine = sent[name]
+            receiver = other[name]
+            got = members[receiver].numbers(name)
+            last = mine[-1].n
+            await wait_for(
+                lambda got=got, last=last: last in got,  # type: ignore[misc]
+                f"{name}'s last message on {receiver}",
+                logs,
+            )
+            stats = (await server.health(http))["stats"]
+            peer = (await servers[receiver].health(http))["stats"]
+
+            # Fail fast: while Redis was stopped, one publish waited for the broker's
+            # timeout, every other one returned at once.
+            down = [m for m in mine if m.started > stopped and m.done < resumed]
+            slow = [m for m in down if m.took > FAST]
+            print(
+                f"\n{name}: {len(mine)} sent, {len(down)} while Redis was stopped, slow "
+                f"ones {[(m.n, round(m.took, 3)) for m in slow]}; recovery seen "
+                f"{recovery:.2f} s after SIGCONT; stats {stats}"
+            )
+            # Publishing went on (1 s blocked, then about 50/s; one per second before).
+            assert len(down) >= 20, (name, len(down))
+            assert len(slow) <= 1, f"{name}: {len(slow)} publishes took > {FAST} s{logs()}"
+            assert max(m.took for m in mine) < BROKER_TIMEOUT + 0.5, logs()
+
+            # The counts are exact. Each message sent is in exactly one counter, as the
+            # server said when it answered:
+            outcomes = [m.outcome for m in mine]
+            assert stats["published"] == len(mine), stats
+            for counter in ("published_remote", "publish_refused", "publish_unknown"):
+                assert stats[counter] == outcomes.count(counter), (counter, stats, logs())
+            assert stats["publish_failed"] == stats["publish_refused"], stats  # none other
+            assert stats["published_remote"] + stats["publish_failed"] + stats[
+                "publish_unknown"
+            ] == len(mine), stats
+            assert stats["publish_refused"] >= len(down) - 1, stats
+            # ... and the receiver: every number either received or counted missed.
+            assert got == sorted(set(got)), f"{name} -> {receiver}: out of order or twice"
+            assert peer["received_remote"] == len(got), (peer, len(got))
+            assert peer["received_remote"] + peer["missed_remote"] == len(mine), (peer, logs())
+            # Refused ones never arrived; confirmed ones all did.
+            refused = {m.n for m in mine if m.outcome == "publish_refused"}
+            confirmed = {m.n for m in mine if m.outcome == "published_remote"}
+            assert not refused & set(got), f"{receiver} got refused {sorted(refused & set(got))}"
+            assert confirmed <= set(got), f"{receiver} missed {sorted(confirmed - set(got))}"
+            unknown = [m.n for m in mine if m.outcome == "publish_unknown"]
+            print(
+                f"{name}: unknown outcome {unknown}, of which {receiver} got "
+                f"{[n for n in unknown if n in got]}"
+            )
+
+            # One warning for the outage, and one line when it is over, with the counts.
+            log = server.log()
+            assert log.count("messages reach this process's members only") == 1, log
+            assert log.count("Broker available again") == 1, log
+            # The receiver logged its gap once, with the count.
+            peer_log = servers[receiver].log()
+            if peer["missed_remote"]:
+                assert peer_log.count("another process published") == 1, peer_log
+
+
+def _resume(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)

@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from nexios._frames import BINARY, TEXT, frame_header
-from nexios.channels.brokers.base import Broker, BrokerUnavailable
+from nexios.channels.brokers.base import (
+    Broker,
+    BrokerOutcomeUnknown,
+    BrokerRefused,
+    BrokerUnavailable,
+)
 from nexios.channels.brokers.memory import MemoryBroker
 from nexios.channels.outbox import Outbox, SlowConsumerPolicy, send_together
 from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
@@ -84,30 +89,103 @@ def current_layer() -> ChannelLayer:
 
 
 class ChannelStats:
-    """Counters of what the layer did and lost; a readiness probe or metrics can read them."""
+    """Counters of what the layer did and lost; a readiness probe or metrics can read them.
+
+    Every message handed to a shared broker ends in exactly one of ``published_remote``,
+    ``publish_failed`` and ``publish_unknown``; see docs/channels.md.
+    """
 
     __slots__ = (
         "closed_slow",
         "delivered",
         "dropped",
+        "missed_remote",
         "publish_failed",
+        "publish_refused",
+        "publish_unknown",
         "published",
+        "published_remote",
         "received_remote",
     )
 
     def __init__(self) -> None:
-        self.published = 0  # publish() calls
+        self.published = 0  # publish() and send_to() calls
         self.delivered = 0  # messages queued for local members
         self.dropped = 0  # messages dropped by full outboxes
         self.closed_slow = 0  # connections closed by the "close" policy
-        self.publish_failed = 0  # messages the broker could not take (other processes lost them)
+        # Messages for the other processes: the broker took them (Redis answered) ...
+        self.published_remote = 0
+        # ... they certainly did not reach the broker: the other processes lost them ...
+        self.publish_failed = 0
+        # ... (of those, refused at once because the broker was known down) ...
+        self.publish_refused = 0
+        # ... or sent with no reply: they may or may not have reached the other processes.
+        self.publish_unknown = 0
         self.received_remote = 0  # messages from other processes
+        # Messages of other processes this one did not receive (gaps in their numbers).
+        self.missed_remote = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def __repr__(self) -> str:
         return f"ChannelStats({self.as_dict()})"
+
+
+class _Sequences:
+    """Per-publisher message numbers, in one place: stamped on what this process
+    publishes (per channel, 1, 2, ...), checked on what it receives (per channel and
+    publishing process), so that a gap counts the messages missed.
+
+    Bounded: this process numbers at most ``CHANNELS`` channels (the least recently
+    published is forgotten, and starts again at 1, which a receiver takes as a fresh
+    start), and follows at most ``ORIGINS`` publishers per channel it is subscribed to
+    (a channel's numbers are forgotten when it unsubscribes).
+    """
+
+    CHANNELS = 65_536
+    ORIGINS = 64
+
+    __slots__ = ("_last", "_next")
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+        self._last: dict[str, dict[str, int]] = {}
+
+    def stamp(self, channel: str) -> int:
+        """The number of this process's next message on *channel*."""
+        numbers = self._next
+        n = numbers.pop(channel, 0) + 1  # popped and put back: the most recent, last
+        numbers[channel] = n
+        if len(numbers) > self.CHANNELS:
+            del numbers[next(iter(numbers))]
+        return n
+
+    def missed(self, origin: str, channel: str, n: int) -> int:
+        """How many messages of *origin* on *channel* were missed before number *n*;
+        -1 for a message that comes after a later one (it was counted missed then)."""
+        seen = self._last.get(channel)
+        if seen is None:
+            seen = self._last[channel] = {}
+        last = seen.get(origin)
+        if last is None or n == 1:  # the first one seen, or the publisher started again
+            seen[origin] = n
+            if len(seen) > self.ORIGINS:
+                del seen[next(iter(seen))]
+            return 0
+        if n > last:
+            seen[origin] = n
+            return n - last - 1
+        # Concurrent publishes of one process may reach the broker in another order.
+        return -1
+
+    def forget(self, channel: str) -> None:
+        self._last.pop(channel, None)
+
+
+# A gap in another process's numbers is logged at most once in this many seconds (the
+# count goes on).
+_MISSED_LOG_INTERVAL = 10.0
 
 
 def _encode(payload: Any) -> tuple[PayloadKind, bytes]:
@@ -163,6 +241,10 @@ class ChannelLayer:
         self._start_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
         self._publish_down = False
+        self._sequences = _Sequences()
+        # The counters when the current outage began, and when (for its summary).
+        self._outage_start: tuple[float, int, int, int] = (0.0, 0, 0, 0)
+        self._missed_logged: float | None = None  # time.monotonic() of the last log
         # When the current slice of fan-out work began (perf_counter); 0.0 once the
         # event loop has had a turn since (`_slice_over`, scheduled with call_soon).
         self._slice_start = 0.0
@@ -329,6 +411,7 @@ class ChannelLayer:
         if not members:
             # The last local member left: stop receiving the group's messages.
             del self._groups[group]
+            self._sequences.forget(_GROUP + group)
             await self.broker.unsubscribe(_GROUP + group)
 
     def _report(self, outbox: Outbox, event: str, count: int) -> None:
@@ -444,34 +527,94 @@ class ChannelLayer:
 
     async def _publish_remote(self, channel: str, header: dict[str, Any], body: bytes) -> None:
         header["o"] = self.origin
+        header["s"] = self._sequences.stamp(channel)
         data = orjson.dumps(header) + b"\n" + body
+        stats = self.stats
         try:
             await self.broker.publish(channel, data)
+        except BrokerRefused as exc:
+            self._outage(exc)
+            stats.publish_failed += 1
+            stats.publish_refused += 1
+        except BrokerOutcomeUnknown as exc:
+            self._outage(exc)
+            stats.publish_unknown += 1
         except (BrokerUnavailable, OSError) as exc:
-            self.stats.publish_failed += 1
-            if not self._publish_down:
-                self._publish_down = True
-                logger.warning(
-                    "Broker unavailable (%s): messages reach this process's members only "
-                    "until it is back.",
-                    exc,
-                )
-            return
+            self._outage(exc)
+            stats.publish_failed += 1
+        else:
+            stats.published_remote += 1
+            if self._publish_down:
+                self._outage_over()
+
+    def _outage(self, exc: BaseException) -> None:
+        """A message did not surely reach the broker (called before it is counted)."""
         if self._publish_down:
-            self._publish_down = False
-            logger.info("Broker available again: messages reach every process.")
+            return
+        self._publish_down = True
+        stats = self.stats
+        self._outage_start = (
+            time.monotonic(),
+            stats.publish_failed,
+            stats.publish_refused,
+            stats.publish_unknown,
+        )
+        logger.warning(
+            "Broker unavailable (%s): messages reach this process's members only until it is back.",
+            exc,
+        )
+
+    def _outage_over(self) -> None:
+        self._publish_down = False
+        began, failed, refused, unknown = self._outage_start
+        stats = self.stats
+        lost = stats.publish_failed - failed, stats.publish_unknown - unknown
+        # A WARNING when it reports messages lost (or maybe lost): nothing is lost silently.
+        logger.log(
+            logging.WARNING if any(lost) else logging.INFO,
+            "Broker available again after %.1f s: messages reach every process. Meanwhile "
+            "%d message(s) did not reach the other processes (%d refused at once while "
+            "it was known down), and %d were sent without a reply (they may or may not "
+            "have reached them).",
+            time.monotonic() - began,
+            lost[0],
+            stats.publish_refused - refused,
+            lost[1],
+        )
 
     async def _on_remote(self, channel: str, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
         header = orjson.loads(head)
-        if header.get("o") == self.origin:
+        origin = header.get("o")
+        if origin == self.origin:
             return  # our own message, already delivered locally
-        self.stats.received_remote += 1
+        stats = self.stats
+        stats.received_remote += 1
+        n = header.get("s")
+        if n is not None and (channel == _DIRECT or channel[len(_GROUP) :] in self._groups):
+            missed = self._sequences.missed(origin, channel, n)
+            if missed:
+                stats.missed_remote = max(0, stats.missed_remote + missed)
+                if missed > 0:
+                    self._log_missed(channel, missed)
         kind = header["k"]
         if channel == _DIRECT:
             await self._deliver_ids(header["i"], kind, body)
         elif channel.startswith(_GROUP):
             await self._fan_out(channel[len(_GROUP) :], kind, body, None)
+
+    def _log_missed(self, channel: str, missed: int) -> None:
+        now = time.monotonic()
+        if self._missed_logged is not None and now - self._missed_logged < _MISSED_LOG_INTERVAL:
+            return
+        self._missed_logged = now
+        logger.warning(
+            "Missed %d message(s) another process published on %r (this process was "
+            "not receiving from the broker); %d missed in all (stats.missed_remote).",
+            missed,
+            channel,
+            self.stats.missed_remote,
+        )
 
     # ------------------------------------------------------------------ history
 
