@@ -254,7 +254,20 @@ async def stream(server: AppServer, http: httpx.AsyncClient, stop: asyncio.Event
     return sent
 
 
-async def test_a_hung_redis_fails_publishes_fast_and_the_counts_add_up(tmp_path: Path) -> None:
+@dataclass
+class Pair:
+    """Two servers A and B sharing a private redis-server, a member of ``fan`` on each."""
+
+    redis: Any  # test_cluster.PrivateRedis
+    http: httpx.AsyncClient
+    servers: dict[str, AppServer]
+    members: dict[str, Member]
+
+    def logs(self) -> str:
+        return "".join(f"\n----- {s.name} -----\n{s.log()}" for s in self.servers.values())
+
+
+async def redis_pair(tmp_path: Path, stack: contextlib.AsyncExitStack) -> Pair:
     if shutil.which("redis-server") is None:
         reason = "redis-server is not on PATH (apt-get install redis-server)"
         if in_ci():
@@ -262,31 +275,39 @@ async def test_a_hung_redis_fails_publishes_fast_and_the_counts_add_up(tmp_path:
         pytest.skip(reason)
     from test_cluster import PrivateRedis
 
+    redis = PrivateRedis(tmp_path)
+    stack.push_async_callback(redis.kill)
+    await redis.start()
+    assert redis.process is not None
+    stack.callback(_resume, redis.process)  # never leave it stopped
+    http = await stack.enter_async_context(httpx.AsyncClient())
+    env = {"NEXIOS_BROKER_URL": redis.url}
+    servers = {name: AppServer(name, APP, tmp_path, env) for name in ("A", "B")}
+    for server in servers.values():
+        stack.push_async_callback(server.stop)
+    await asyncio.gather(*(s.start(http) for s in servers.values()))
+    members: dict[str, Member] = {}
+    for name, server in servers.items():
+        conn = await stack.enter_async_context(
+            connect(f"{server.ws}/member", open_timeout=DEADLINE, close_timeout=2)
+        )
+        assert json.loads(await asyncio.wait_for(conn.recv(), DEADLINE)) == {"type": "joined"}
+        member = members[name] = Member(conn)
+        member.task = asyncio.create_task(member._read())
+        stack.callback(member.task.cancel)
+    return Pair(redis, http, servers, members)
+
+
+async def test_a_hung_redis_fails_publishes_fast_and_the_counts_add_up(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        redis = PrivateRedis(tmp_path)
-        stack.push_async_callback(redis.kill)
-        await redis.start()
-        assert redis.process is not None
-        stack.callback(_resume, redis.process)  # never leave it stopped
-        http = await stack.enter_async_context(httpx.AsyncClient())
-        env = {"NEXIOS_BROKER_URL": redis.url}
-        servers = {name: AppServer(name, APP, tmp_path, env) for name in ("A", "B")}
-        for server in servers.values():
-            stack.push_async_callback(server.stop)
-        await asyncio.gather(*(s.start(http) for s in servers.values()))
-
-        def logs() -> str:
-            return "".join(f"\n----- {s.name} -----\n{s.log()}" for s in servers.values())
-
-        members: dict[str, Member] = {}
-        for name, server in servers.items():
-            conn = await stack.enter_async_context(
-                connect(f"{server.ws}/member", open_timeout=DEADLINE, close_timeout=2)
-            )
-            assert json.loads(await asyncio.wait_for(conn.recv(), DEADLINE)) == {"type": "joined"}
-            member = members[name] = Member(conn)
-            member.task = asyncio.create_task(member._read())
-            stack.callback(member.task.cancel)
+        pair = await redis_pair(tmp_path, stack)
+        redis, http, servers, members, logs = (
+            pair.redis,
+            pair.http,
+            pair.servers,
+            pair.members,
+            pair.logs,
+        )
         other = {"A": "B", "B": "A"}
 
         stop = asyncio.Event()
@@ -378,6 +399,50 @@ async def test_a_hung_redis_fails_publishes_fast_and_the_counts_add_up(tmp_path:
             peer_log = servers[receiver].log()
             if peer["missed_remote"]:
                 assert peer_log.count("another process published") == 1, peer_log
+
+
+async def test_messages_missed_while_a_subscriber_reconnects_are_counted(
+    tmp_path: Path,
+) -> None:
+    """B's subscription breaks (its connection killed) while A streams: what B's member
+    did not get is exactly what B counts missed, and B logs it."""
+    import redis.asyncio as aioredis
+
+    async with contextlib.AsyncExitStack() as stack:
+        pair = await redis_pair(tmp_path, stack)
+        a, b = pair.servers["A"], pair.servers["B"]
+        on_b = pair.members["B"]
+        admin = aioredis.Redis.from_url(pair.redis.url)
+        stack.push_async_callback(admin.aclose)
+        stop = asyncio.Event()
+        streaming = asyncio.create_task(stream(a, pair.http, stop))
+
+        def received(count: int) -> bool:
+            return streaming.done() or len(on_b.numbers("A")) >= count
+
+        try:
+            await wait_for(lambda: received(10), "streaming", pair.logs)
+            for _ in range(10):  # until a kill loses something (the first one usually does)
+                await admin.client_kill_filter(_type="pubsub")
+                mark = len(on_b.numbers("A"))
+                await wait_for(lambda m=mark: received(m + 5), "flowing again", pair.logs)  # type: ignore[misc]
+                if (await b.health(pair.http))["stats"]["missed_remote"]:
+                    break
+        finally:
+            stop.set()
+            sent = await asyncio.wait_for(streaming, DEADLINE)
+        last = sent[-1].n
+        await wait_for(lambda: last in on_b.numbers("A"), "A's last message on B", pair.logs)
+        stats = (await a.health(pair.http))["stats"]
+        peer = (await b.health(pair.http))["stats"]
+        got = on_b.numbers("A")
+        lost = sorted(set(range(len(sent))) - set(got))
+        print(f"\nA sent {len(sent)}; B got {len(got)}, missed {lost}; B stats {peer}")
+        assert stats["published_remote"] == len(sent), stats  # Redis took every one
+        assert got == sorted(set(got)), "out of order or twice"
+        assert peer["missed_remote"] == len(lost) > 0, (peer, lost, pair.logs())
+        assert peer["received_remote"] + peer["missed_remote"] == len(sent), peer
+        assert b.log().count("another process published") == 1, b.log()
 
 
 def _resume(process: asyncio.subprocess.Process) -> None:
