@@ -176,6 +176,46 @@ async def test_a_publishing_loop_leaves_http_and_websockets_responsive(
     assert max(echo_waits) < RESPONSIVE, f"the echo waited {max(echo_waits):.2f} s"
 
 
+async def test_one_publish_to_a_huge_group_lets_the_event_loop_run() -> None:
+    """In process: a single publish to 50,000 members (fake connections that take every
+    message at once) is sliced: the event loop gets turns during the fan-out."""
+    from nexios.channels import ChannelLayer
+    from test_outbox import DirectWS
+
+    layer = ChannelLayer("memory://huge-group-test")
+    members = [DirectWS(f"m{i}") for i in range(50_000)]
+    try:
+        for ws in members:
+            await layer.register(ws, ["huge"])  # type: ignore[arg-type]
+        turns: list[float] = []
+        publishing = True
+
+        async def tick() -> None:
+            while publishing:
+                turns.append(time.perf_counter())
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        delivered = await layer.publish("huge", "x")
+        took = time.perf_counter() - started
+        publishing = False
+        await ticker
+        during = [t for t in turns if t > started]
+        gaps = [b - a for a, b in zip([started, *during], during, strict=False)]
+        print(
+            f"\none publish to 50,000: {took * 1000:.0f} ms, the loop had {len(during)} "
+            f"turns meanwhile, longest wait {max(gaps, default=took) * 1000:.1f} ms"
+        )
+        assert delivered == len(members)
+        assert all(ws.direct == 1 for ws in members)
+        # More than the one turn at the end: the fan-out itself was sliced.
+        assert len(during) >= 2, f"no turn for the event loop in {took:.3f} s"
+    finally:
+        await layer.stop()
+
+
 SIGTERM_EXIT = 5.0  # the process exits this soon after SIGTERM, mid-loop
 
 

@@ -302,8 +302,7 @@ class ChannelLayer:
             except Exception:
                 logger.exception("Bad message on broker channel %r (%d bytes)", channel, len(data))
             # A burst from other processes may arrive without the broker suspending.
-            if time.perf_counter() - self._slice_start > SLICE:
-                await asyncio.sleep(0)
+            await self._yield_if_busy()
 
     # ------------------------------------------------------------------ slices
 
@@ -318,9 +317,11 @@ class ChannelLayer:
         self._slice_start = 0.0
 
     async def _yield_if_busy(self) -> None:
-        """Let the event loop run if fan-out has held it longer than SLICE."""
+        """Let the event loop run if fan-out has held it longer than SLICE; the work
+        after it is a new slice."""
         if time.perf_counter() - self._slice_start > SLICE:
             await asyncio.sleep(0)
+            self._slice_begin()
 
     # ------------------------------------------------------------------ members
 
