@@ -489,3 +489,32 @@ def _resume(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGCONT)
+
+
+async def test_history_not_saved_while_redis_is_down_is_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In process, Redis unreachable: every publish with save_history=True is counted in
+    history_failed, with one warning for the outage (not one per message)."""
+    import logging
+
+    from _servers import free_port
+    from nexios.channels import ChannelLayer
+
+    caplog.set_level(logging.WARNING, logger="nexios.channels")
+    layer = ChannelLayer(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        started = time.perf_counter()
+        for i in range(20):
+            assert await layer.publish("room", {"n": i}, save_history=True) == 0
+        took = time.perf_counter() - started
+    finally:
+        await layer.stop()
+    stats = layer.stats
+    print(f"\n20 publishes with history, Redis unreachable: {took:.3f} s; {stats}")
+    assert stats.history_failed == 20, stats
+    assert stats.publish_failed == 20, stats
+    assert stats.publish_failed + stats.publish_unknown + stats.published_remote == 20
+    lines = [r.getMessage() for r in caplog.records if r.name == "nexios.channels"]
+    assert sum("Could not save history" in line for line in lines) == 1, lines
+    assert sum("members only until it is back" in line for line in lines) == 1, lines

@@ -677,6 +677,7 @@ async def test_layer_fans_out_to_every_member_in_order(layer: ChannelLayer) -> N
         "publish_refused": 0,
         "publish_unknown": 0,
         "missed_remote": 0,
+        "history_failed": 0,
     }
     # exclude: everybody but one.
     assert await layer.publish("room", "x", exclude=members[0]) == 2

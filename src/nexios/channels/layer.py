@@ -99,6 +99,7 @@ class ChannelStats:
         "closed_slow",
         "delivered",
         "dropped",
+        "history_failed",
         "missed_remote",
         "publish_failed",
         "publish_refused",
@@ -124,6 +125,8 @@ class ChannelStats:
         self.received_remote = 0  # messages from other processes
         # Messages of other processes this one did not receive (gaps in their numbers).
         self.missed_remote = 0
+        # Messages published with save_history=True that the broker could not save.
+        self.history_failed = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -241,6 +244,7 @@ class ChannelLayer:
         self._start_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
         self._publish_down = False
+        self._history_down = False
         self._sequences = _Sequences()
         # The counters when the current outage began, and when (for its summary).
         self._outage_start: tuple[float, int, int, int] = (0.0, 0, 0, 0)
@@ -625,7 +629,22 @@ class ChannelLayer:
                 _GROUP + group, kind.encode() + b"\n" + body, self.history_size
             )
         except (BrokerUnavailable, OSError) as exc:
-            logger.warning("Could not save history of %r: %s", group, exc)
+            self.stats.history_failed += 1
+            if not self._history_down:  # once per outage: it may fail for every message
+                self._history_down = True
+                logger.warning(
+                    "Could not save history of %r: %s; messages are delivered but not "
+                    "saved until the broker is back (stats.history_failed counts them).",
+                    group,
+                    exc,
+                )
+            return
+        if self._history_down:
+            self._history_down = False
+            logger.warning(
+                "History saved again; %d message(s) were not saved in all (stats.history_failed).",
+                self.stats.history_failed,
+            )
 
     async def history(self, group: str, count: int | None = None) -> list[dict[str, Any]]:
         """The group's saved messages, oldest first: ``{"id", "timestamp", "payload"}``."""
