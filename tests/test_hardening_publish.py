@@ -138,7 +138,7 @@ async def test_a_publishing_loop_leaves_http_and_websockets_responsive(
     flooded: Flooded,
 ) -> None:
     server, http = flooded.server, flooded.http
-    count = 3000  # x 1 KiB to 200 members: 600 MB, seconds of server CPU
+    count = 2000  # x 1 KiB to 200 members: 400 MB, seconds of server CPU
     async with connect(f"{server.ws}/echo", open_timeout=DEADLINE, close_timeout=2) as echo:
         control = await start_flood(server, count)
         done = asyncio.create_task(control.recv())
