@@ -673,6 +673,11 @@ async def test_layer_fans_out_to_every_member_in_order(layer: ChannelLayer) -> N
         "closed_slow": 0,
         "publish_failed": 0,
         "received_remote": 0,
+        "published_remote": 0,
+        "publish_refused": 0,
+        "publish_unknown": 0,
+        "missed_remote": 0,
+        "history_failed": 0,
     }
     # exclude: everybody but one.
     assert await layer.publish("room", "x", exclude=members[0]) == 2

@@ -386,6 +386,8 @@ async def test_redis_restart(
 
         await private_redis.start()
         await wait_until(lambda: subscriber.healthy, "healthy again")
+        # The publisher's commands were known down: its probe finds Redis back.
+        await wait_until(lambda: publisher.healthy, "the publisher healthy again")
         await publisher.publish("room", b"after 1")
         await publisher.publish("lobby", b"after 2")
         assert publisher.healthy
@@ -422,6 +424,7 @@ async def test_a_silent_server_is_detected_by_ping(
         finally:
             private_redis.signal(signal.SIGCONT)
         await wait_until(lambda: subscriber.healthy, "healthy again")
+        await wait_until(lambda: publisher.healthy, "the publisher healthy again")
         await publisher.publish("room", b"after")
         assert await inbox.next() == ("room", b"after")
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +26,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from nexios._frames import BINARY, TEXT, frame_header
-from nexios.channels.brokers.base import Broker, BrokerUnavailable
+from nexios.channels.brokers.base import (
+    Broker,
+    BrokerOutcomeUnknown,
+    BrokerRefused,
+    BrokerUnavailable,
+)
 from nexios.channels.brokers.memory import MemoryBroker
 from nexios.channels.outbox import Outbox, SlowConsumerPolicy, send_together
 from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
@@ -44,6 +50,13 @@ PayloadKind = Literal["json", "text", "bytes"]
 # Broker channel names: user groups, and the one channel for messages addressed by id.
 _GROUP = "g:"
 _DIRECT = "direct"
+
+# Fan-out holds the event loop for at most about this long (seconds) before it lets the
+# loop run: a handler publishing in a loop, or one publish to a huge group, must not
+# freeze every other connection (HTTP requests, pings, SIGTERM).
+SLICE = 0.005
+# A fan-out larger than this many members reads the clock between chunks of it.
+_CHUNK = 512
 
 
 def broker_from_url(url: str | None) -> Broker:
@@ -76,30 +89,106 @@ def current_layer() -> ChannelLayer:
 
 
 class ChannelStats:
-    """Counters of what the layer did and lost; a readiness probe or metrics can read them."""
+    """Counters of what the layer did and lost; a readiness probe or metrics can read them.
+
+    Every message handed to a shared broker ends in exactly one of ``published_remote``,
+    ``publish_failed`` and ``publish_unknown``; see docs/channels.md.
+    """
 
     __slots__ = (
         "closed_slow",
         "delivered",
         "dropped",
+        "history_failed",
+        "missed_remote",
         "publish_failed",
+        "publish_refused",
+        "publish_unknown",
         "published",
+        "published_remote",
         "received_remote",
     )
 
     def __init__(self) -> None:
-        self.published = 0  # publish() calls
+        self.published = 0  # publish() and send_to() calls
         self.delivered = 0  # messages queued for local members
         self.dropped = 0  # messages dropped by full outboxes
         self.closed_slow = 0  # connections closed by the "close" policy
-        self.publish_failed = 0  # messages the broker could not take (other processes lost them)
+        # Messages for the other processes: the broker took them (Redis answered) ...
+        self.published_remote = 0
+        # ... they certainly did not reach the broker: the other processes lost them ...
+        self.publish_failed = 0
+        # ... (of those, refused at once because the broker was known down) ...
+        self.publish_refused = 0
+        # ... or sent with no reply: they may or may not have reached the other processes.
+        self.publish_unknown = 0
         self.received_remote = 0  # messages from other processes
+        # Messages of other processes this one did not receive (gaps in their numbers).
+        self.missed_remote = 0
+        # Messages published with save_history=True that the broker could not save.
+        self.history_failed = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def __repr__(self) -> str:
         return f"ChannelStats({self.as_dict()})"
+
+
+class _Sequences:
+    """Per-publisher message numbers, in one place: stamped on what this process
+    publishes (per channel, 1, 2, ...), checked on what it receives (per channel and
+    publishing process), so that a gap counts the messages missed.
+
+    Bounded: this process numbers at most ``CHANNELS`` channels (the least recently
+    published is forgotten, and starts again at 1, which a receiver takes as a fresh
+    start), and follows at most ``ORIGINS`` publishers per channel it is subscribed to
+    (a channel's numbers are forgotten when it unsubscribes).
+    """
+
+    CHANNELS = 65_536
+    ORIGINS = 64
+
+    __slots__ = ("_last", "_next")
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+        self._last: dict[str, dict[str, int]] = {}
+
+    def stamp(self, channel: str) -> int:
+        """The number of this process's next message on *channel*."""
+        numbers = self._next
+        n = numbers.pop(channel, 0) + 1  # popped and put back: the most recent, last
+        numbers[channel] = n
+        if len(numbers) > self.CHANNELS:
+            del numbers[next(iter(numbers))]
+        return n
+
+    def missed(self, origin: str, channel: str, n: int) -> int:
+        """How many messages of *origin* on *channel* were missed before number *n*;
+        -1 for a message that comes after a later one (it was counted missed then)."""
+        seen = self._last.get(channel)
+        if seen is None:
+            seen = self._last[channel] = {}
+        last = seen.get(origin)
+        if last is None or n == 1:  # the first one seen, or the publisher started again
+            seen[origin] = n
+            if len(seen) > self.ORIGINS:
+                del seen[next(iter(seen))]
+            return 0
+        if n > last:
+            seen[origin] = n
+            return n - last - 1
+        # Concurrent publishes of one process may reach the broker in another order.
+        return -1
+
+    def forget(self, channel: str) -> None:
+        self._last.pop(channel, None)
+
+
+# A gap in another process's numbers is logged at most once in this many seconds (the
+# count goes on).
+_MISSED_LOG_INTERVAL = 10.0
 
 
 def _encode(payload: Any) -> tuple[PayloadKind, bytes]:
@@ -155,6 +244,14 @@ class ChannelLayer:
         self._start_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
         self._publish_down = False
+        self._history_down = False
+        self._sequences = _Sequences()
+        # The counters when the current outage began, and when (for its summary).
+        self._outage_start: tuple[float, int, int, int] = (0.0, 0, 0, 0)
+        self._missed_logged: float | None = None  # time.monotonic() of the last log
+        # When the current slice of fan-out work began (perf_counter); 0.0 once the
+        # event loop has had a turn since (`_slice_over`, scheduled with call_soon).
+        self._slice_start = 0.0
 
     # ------------------------------------------------------------------ life
 
@@ -203,10 +300,32 @@ class ChannelLayer:
 
     async def _listen(self) -> None:
         async for channel, data in self.broker.listen():
+            self._slice_begin()
             try:
-                self._on_remote(channel, data)
+                await self._on_remote(channel, data)
             except Exception:
                 logger.exception("Bad message on broker channel %r (%d bytes)", channel, len(data))
+            # A burst from other processes may arrive without the broker suspending.
+            await self._yield_if_busy()
+
+    # ------------------------------------------------------------------ slices
+
+    def _slice_begin(self) -> None:
+        """Note when fan-out work began, unless it began earlier in this turn of the loop."""
+        if not self._slice_start:
+            self._slice_start = time.perf_counter()
+            # Runs when the event loop next gets a turn: the slice is over.
+            asyncio.get_running_loop().call_soon(self._slice_over)
+
+    def _slice_over(self) -> None:
+        self._slice_start = 0.0
+
+    async def _yield_if_busy(self) -> None:
+        """Let the event loop run if fan-out has held it longer than SLICE; the work
+        after it is a new slice."""
+        if time.perf_counter() - self._slice_start > SLICE:
+            await asyncio.sleep(0)
+            self._slice_begin()
 
     # ------------------------------------------------------------------ members
 
@@ -297,6 +416,7 @@ class ChannelLayer:
         if not members:
             # The last local member left: stop receiving the group's messages.
             del self._groups[group]
+            self._sequences.forget(_GROUP + group)
             await self.broker.unsubscribe(_GROUP + group)
 
     def _report(self, outbox: Outbox, event: str, count: int) -> None:
@@ -322,12 +442,26 @@ class ChannelLayer:
 
     # ------------------------------------------------------------------ sending
 
-    def _fan_out(self, group: str, kind: str, body: bytes, exclude: WebSocket | None) -> int:
+    async def _fan_out(self, group: str, kind: str, body: bytes, exclude: WebSocket | None) -> int:
         members = self._groups.get(group)
         if not members:
             return 0
         # A snapshot: members may leave meanwhile.
-        return self._deliver([o for o in list(members.values()) if o.ws is not exclude], kind, body)
+        return await self._deliver_sliced(
+            [o for o in list(members.values()) if o.ws is not exclude], kind, body
+        )
+
+    async def _deliver_sliced(self, outboxes: list[Outbox], kind: str, body: bytes) -> int:
+        """`_deliver`, in chunks for a large fan-out, letting the event loop run between
+        two chunks once it has been held for longer than SLICE."""
+        if len(outboxes) <= _CHUNK:
+            return self._deliver(outboxes, kind, body)
+        delivered = 0
+        for start in range(0, len(outboxes), _CHUNK):
+            if start:
+                await self._yield_if_busy()
+            delivered += self._deliver(outboxes[start : start + _CHUNK], kind, body)
+        return delivered
 
     def _deliver(self, outboxes: list[Outbox], kind: str, body: bytes) -> int:
         """Send a payload to ``outboxes``, encoded and framed once per member encoding."""
@@ -368,9 +502,13 @@ class ChannelLayer:
             # Saved first: a client that has seen the message live finds it in the
             # history when it reloads, in every process.
             await self._save(group, kind, body)
-        delivered = self._fan_out(group, kind, body, exclude)
+        self._slice_begin()
+        delivered = await self._fan_out(group, kind, body, exclude)
         if self.broker.shared:
             await self._publish_remote(_GROUP + group, {"k": kind}, body)
+        # On memory:// nothing above suspends: a loop of publishes would never let the
+        # event loop run.
+        await self._yield_if_busy()
         return delivered
 
     async def send_to(self, ids: Iterable[str], payload: Any) -> int:
@@ -379,45 +517,109 @@ class ChannelLayer:
         targets = list(dict.fromkeys(str(i) for i in ids))
         kind, body = _encode(payload)
         self.stats.published += 1
-        delivered = self._deliver_ids(targets, kind, body)
+        self._slice_begin()
+        delivered = await self._deliver_ids(targets, kind, body)
         if self.broker.shared:
             await self._publish_remote(_DIRECT, {"k": kind, "i": targets}, body)
+        await self._yield_if_busy()
         return delivered
 
-    def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
+    async def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
         by_id = self._by_id
-        return self._deliver([o for i in ids for o in list(by_id.get(i, ()))], kind, body)
+        return await self._deliver_sliced(
+            [o for i in ids for o in list(by_id.get(i, ()))], kind, body
+        )
 
     async def _publish_remote(self, channel: str, header: dict[str, Any], body: bytes) -> None:
         header["o"] = self.origin
+        header["s"] = self._sequences.stamp(channel)
         data = orjson.dumps(header) + b"\n" + body
+        stats = self.stats
         try:
             await self.broker.publish(channel, data)
+        except BrokerRefused as exc:
+            self._outage(exc)
+            stats.publish_failed += 1
+            stats.publish_refused += 1
+        except BrokerOutcomeUnknown as exc:
+            self._outage(exc)
+            stats.publish_unknown += 1
         except (BrokerUnavailable, OSError) as exc:
-            self.stats.publish_failed += 1
-            if not self._publish_down:
-                self._publish_down = True
-                logger.warning(
-                    "Broker unavailable (%s): messages reach this process's members only "
-                    "until it is back.",
-                    exc,
-                )
-            return
-        if self._publish_down:
-            self._publish_down = False
-            logger.info("Broker available again: messages reach every process.")
+            self._outage(exc)
+            stats.publish_failed += 1
+        else:
+            stats.published_remote += 1
+            if self._publish_down:
+                self._outage_over()
 
-    def _on_remote(self, channel: str, data: bytes) -> None:
+    def _outage(self, exc: BaseException) -> None:
+        """A message did not surely reach the broker (called before it is counted)."""
+        if self._publish_down:
+            return
+        self._publish_down = True
+        stats = self.stats
+        self._outage_start = (
+            time.monotonic(),
+            stats.publish_failed,
+            stats.publish_refused,
+            stats.publish_unknown,
+        )
+        logger.warning(
+            "Broker unavailable (%s): messages reach this process's members only until it is back.",
+            exc,
+        )
+
+    def _outage_over(self) -> None:
+        self._publish_down = False
+        began, failed, refused, unknown = self._outage_start
+        stats = self.stats
+        lost = stats.publish_failed - failed, stats.publish_unknown - unknown
+        # A WARNING when it reports messages lost (or maybe lost): nothing is lost silently.
+        logger.log(
+            logging.WARNING if any(lost) else logging.INFO,
+            "Broker available again after %.1f s: messages reach every process. Meanwhile "
+            "%d message(s) did not reach the other processes (%d refused at once while "
+            "it was known down), and %d were sent without a reply (they may or may not "
+            "have reached them).",
+            time.monotonic() - began,
+            lost[0],
+            stats.publish_refused - refused,
+            lost[1],
+        )
+
+    async def _on_remote(self, channel: str, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
         header = orjson.loads(head)
-        if header.get("o") == self.origin:
+        origin = header.get("o")
+        if origin == self.origin:
             return  # our own message, already delivered locally
-        self.stats.received_remote += 1
+        stats = self.stats
+        stats.received_remote += 1
+        n = header.get("s")
+        if n is not None and (channel == _DIRECT or channel[len(_GROUP) :] in self._groups):
+            missed = self._sequences.missed(origin, channel, n)
+            if missed:
+                stats.missed_remote = max(0, stats.missed_remote + missed)
+                if missed > 0:
+                    self._log_missed(channel, missed)
         kind = header["k"]
         if channel == _DIRECT:
-            self._deliver_ids(header["i"], kind, body)
+            await self._deliver_ids(header["i"], kind, body)
         elif channel.startswith(_GROUP):
-            self._fan_out(channel[len(_GROUP) :], kind, body, None)
+            await self._fan_out(channel[len(_GROUP) :], kind, body, None)
+
+    def _log_missed(self, channel: str, missed: int) -> None:
+        now = time.monotonic()
+        if self._missed_logged is not None and now - self._missed_logged < _MISSED_LOG_INTERVAL:
+            return
+        self._missed_logged = now
+        logger.warning(
+            "Missed %d message(s) another process published on %r (this process was "
+            "not receiving from the broker); %d missed in all (stats.missed_remote).",
+            missed,
+            channel,
+            self.stats.missed_remote,
+        )
 
     # ------------------------------------------------------------------ history
 
@@ -427,7 +629,22 @@ class ChannelLayer:
                 _GROUP + group, kind.encode() + b"\n" + body, self.history_size
             )
         except (BrokerUnavailable, OSError) as exc:
-            logger.warning("Could not save history of %r: %s", group, exc)
+            self.stats.history_failed += 1
+            if not self._history_down:  # once per outage: it may fail for every message
+                self._history_down = True
+                logger.warning(
+                    "Could not save history of %r: %s; messages are delivered but not "
+                    "saved until the broker is back (stats.history_failed counts them).",
+                    group,
+                    exc,
+                )
+            return
+        if self._history_down:
+            self._history_down = False
+            logger.warning(
+                "History saved again; %d message(s) were not saved in all (stats.history_failed).",
+                self.stats.history_failed,
+            )
 
     async def history(self, group: str, count: int | None = None) -> list[dict[str, Any]]:
         """The group's saved messages, oldest first: ``{"id", "timestamp", "payload"}``."""

@@ -12,11 +12,32 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-__all__ = ["Broker", "BrokerUnavailable", "HistoryEntry"]
+__all__ = [
+    "Broker",
+    "BrokerOutcomeUnknown",
+    "BrokerRefused",
+    "BrokerUnavailable",
+    "HistoryEntry",
+]
 
 
 class BrokerUnavailable(ConnectionError):
-    """The broker cannot be reached right now; the layer logs it and goes on locally."""
+    """The broker cannot be reached right now; the layer logs it and goes on locally.
+
+    Raised as such by `Broker.publish`, it means the message did not reach the broker:
+    no other process gets it.
+    """
+
+
+class BrokerRefused(BrokerUnavailable):
+    """Refused at once, without trying: the broker is known to be down (a recent command
+    found it unreachable, and it has not answered since). Nothing was sent."""
+
+
+class BrokerOutcomeUnknown(BrokerUnavailable):
+    """The command was sent but no reply came in time (or the connection broke while
+    waiting for it): the broker may have run it, now or once it resumes. A message
+    published so may or may not reach the other processes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +72,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, channel: str, data: bytes) -> None:
-        """Send ``data`` to the channel's subscribers; BrokerUnavailable if it cannot."""
+        """Send ``data`` to the channel's subscribers.
+
+        Raises `BrokerRefused` (nothing sent, at once: known down), `BrokerOutcomeUnknown`
+        (sent, no reply) or `BrokerUnavailable` (not sent) when it cannot.
+        """
 
     @abc.abstractmethod
     async def subscribe(self, channel: str) -> None:

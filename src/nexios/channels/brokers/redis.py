@@ -7,10 +7,17 @@ Processes that share a Redis server and a prefix share their channels.
 Two connection pools, two jobs. Commands (PUBLISH, XADD, XRANGE, ...) run at most
 *max_connections* at a time (more wait their turn, without a time limit); subscriptions
 live on one dedicated pub/sub connection that `listen` reads. No command is retried: a
-PUBLISH that fails is lost (delivery is at most once, as `Broker` says) and surfaces as
-`BrokerUnavailable` after at most *timeout* seconds. Once a command has failed, one
-command at a time probes Redis and the others fail at once, so that a burst of
-publishes to a dead server fails in about one *timeout*, not one each.
+PUBLISH that fails is lost (delivery is at most once, as `Broker` says) and surfaces
+after at most *timeout* seconds, as `BrokerUnavailable` when it was not sent, or as
+`BrokerOutcomeUnknown` when it was sent and no reply came (a stopped or hung Redis
+may still run it when it resumes).
+
+Once a command has found Redis unreachable, Redis is *known down*: every command
+(PUBLISH included) fails at once with `BrokerRefused`, nothing sent, while a background
+task probes Redis with a PING (at most one at a time, 0.05 s doubling to 0.25 s between
+them). The first PING answered ends it: commands run again, ``healthy`` turns True
+(unless `listen` is still reconnecting). So a handler publishing to a hung Redis waits
+one *timeout* once, not once per message.
 
 Reconnection belongs to `listen`, not to redis-py. When the pub/sub connection breaks
 (server restarted, connection killed, no reply to a PING on an idle connection),
@@ -20,8 +27,9 @@ up to 2 s). Each attempt opens a fresh pub/sub connection and subscribes every c
 of the local set (what `subscribe` and `unsubscribe` maintain) followed by a PING;
 the PING's reply proves the subscriptions took effect, and only then is ``healthy``
 True again, with one INFO line. Messages published during the outage are missed.
-A failed `publish` also sets ``healthy`` to False; the next successful one sets it
-back unless `listen` is still reconnecting.
+A command that finds Redis unreachable also sets ``healthy`` to False; the probe's
+answered PING (or any command that succeeds) sets it back unless `listen` is still
+reconnecting.
 """
 
 from __future__ import annotations
@@ -34,7 +42,13 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-from nexios.channels.brokers.base import Broker, BrokerUnavailable, HistoryEntry
+from nexios.channels.brokers.base import (
+    Broker,
+    BrokerOutcomeUnknown,
+    BrokerRefused,
+    BrokerUnavailable,
+    HistoryEntry,
+)
 
 try:
     from redis.asyncio import ConnectionPool, Redis
@@ -61,6 +75,8 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _BACKOFF_START = 0.05
 _BACKOFF_CAP = 2.0
+# Between two PINGs of the background probe while commands are known down.
+_PROBE_CAP = 0.25
 
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
@@ -69,9 +85,9 @@ class _Stopped(Exception):
     """`stop` interrupted what `listen` was waiting for."""
 
 
-def _backoff(attempt: int) -> float:
+def _backoff(attempt: int, cap: float = _BACKOFF_CAP) -> float:
     """Seconds to wait before reconnection attempt *attempt* (1, 2, ...), with jitter."""
-    delay = min(_BACKOFF_CAP, _BACKOFF_START * 2.0 ** (attempt - 1))
+    delay = min(cap, _BACKOFF_START * 2.0 ** (attempt - 1))
     return delay * random.uniform(0.5, 1.0)
 
 
@@ -135,11 +151,13 @@ class RedisBroker(Broker):
             ConnectionPool.from_url(url, client_name=f"{name}:commands", **options)
         )
         self._slots = asyncio.Semaphore(max_connections)
-        self._commands_down = False  # the last command found Redis unreachable
+        # Known down: a command found Redis unreachable and no PING has been answered
+        # since; commands fail at once and `_probe` runs.
+        self._commands_down = False
         # After an outage the pooled command connections are dead sockets that redis-py
         # 8 does not always notice: the next command drops them first.
         self._stale_commands = False
-        self._probing = False  # a command is finding out whether it still is
+        self._probe_task: asyncio.Task[None] | None = None
         self._last_error = ""
         # One connection at a time, but a plain pool: a reconnection never waits for
         # the previous connection to be given back.
@@ -188,6 +206,11 @@ class RedisBroker(Broker):
         if self._stopping:
             return
         self._stopping = True
+        probe, self._probe_task = self._probe_task, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         if self._scope is not None:  # listen is waiting on Redis: wake it up now
             self._scope.reschedule(asyncio.get_running_loop().time())
             with contextlib.suppress(TimeoutError):
@@ -203,11 +226,48 @@ class RedisBroker(Broker):
     async def publish(self, channel: str, data: bytes) -> None:
         """Send *data* to every process subscribed to *channel*, this one included.
 
-        Raises `BrokerUnavailable` (within about *timeout* seconds) when Redis cannot be
-        reached; the message is then lost, never sent later.
+        Raises, never retrying: `BrokerRefused` at once while Redis is known down (not
+        sent); `BrokerUnavailable` (within about *timeout* seconds) when it could not be
+        sent; `BrokerOutcomeUnknown` when it was sent and no reply came within
+        *timeout*: Redis may still deliver it (a stopped server runs it on resuming).
         """
         name = self._channel_name(channel)
-        await self._command(lambda: self._client.publish(name, data))
+        self._check_running()
+        if self._commands_down:
+            raise self._refused()
+        async with self._slots:
+            if self._commands_down:  # found down while this one waited for its turn
+                raise self._refused()
+            pool = self._client.connection_pool
+            sent = False
+            try:
+                if self._stale_commands:
+                    self._stale_commands = False
+                    await pool.disconnect(inuse_connections=False)
+                # Sent, then the reply awaited: what a failure means depends on which.
+                connection = await cast(Any, pool).get_connection()  # untyped in redis-py
+                try:
+                    await connection.send_command("PUBLISH", name, data)
+                    sent = True
+                    await connection.read_response()
+                except BaseException:
+                    # A reply may still come: the connection cannot be used again.
+                    with contextlib.suppress(RedisError, OSError):
+                        await connection.disconnect(nowait=True)
+                    raise
+                finally:
+                    await pool.release(connection)
+            except _UNREACHABLE as exc:
+                self._went_down(exc)
+                if sent:
+                    raise BrokerOutcomeUnknown(
+                        f"Redis at {self._where} did not answer PUBLISH (it may still run "
+                        f"it): {self._last_error}"
+                    ) from exc
+                raise BrokerUnavailable(
+                    f"Redis at {self._where} unavailable: {self._last_error}"
+                ) from exc
+        self._answered()
 
     async def subscribe(self, channel: str) -> None:
         """Deliver *channel*'s messages through `listen`, across reconnections too.
@@ -412,38 +472,68 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(f"{self!r} is stopped.")
 
     async def _command(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run *operation* (Redis commands on `_client`), or raise `BrokerUnavailable`."""
+        """Run *operation* (Redis commands on `_client`), or raise `BrokerUnavailable`
+        (`BrokerRefused` at once while Redis is known down)."""
         self._check_running()
-        if self._commands_down and self._probing:  # fail fast, without waiting a turn
-            raise BrokerUnavailable(f"Redis at {self._where} unavailable: {self._last_error}")
+        if self._commands_down:  # fail fast, without waiting a turn
+            raise self._refused()
         async with self._slots:
-            probe = self._commands_down
-            if probe:
-                if self._probing:
-                    raise BrokerUnavailable(
-                        f"Redis at {self._where} unavailable: {self._last_error}"
-                    )
-                self._probing = True
+            if self._commands_down:
+                raise self._refused()
             try:
                 if self._stale_commands:
                     self._stale_commands = False
                     await self._client.connection_pool.disconnect(inuse_connections=False)
                 result = await operation()
             except _UNREACHABLE as exc:
-                self._commands_down, self.healthy = True, False
-                self._last_error = _describe(exc)
+                self._went_down(exc)
                 raise BrokerUnavailable(
                     f"Redis at {self._where} unavailable: {self._last_error}"
                 ) from exc
-            finally:
-                if probe:
-                    self._probing = False
+        self._answered()
+        return result
+
+    def _refused(self) -> BrokerRefused:
+        return BrokerRefused(
+            f"Redis at {self._where} unavailable (known down, not tried): {self._last_error}"
+        )
+
+    def _went_down(self, exc: BaseException) -> None:
+        """A command found Redis unreachable: fail the next ones at once, and probe."""
+        self._commands_down, self.healthy = True, False
+        self._last_error = _describe(exc)
+        if (self._probe_task is None or self._probe_task.done()) and not self._stopping:
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe())
+
+    def _answered(self) -> None:
+        """Redis answered a command."""
         self._commands_down = False
         if not self._outage:
             self.healthy = True
         elif self._listen_task is None:  # else listen is reconnecting, and says when done
             self._mark_recovered()
-        return result
+
+    async def _probe(self) -> None:
+        """PING Redis, one at a time with backoff, until it answers (commands are known
+        down meanwhile)."""
+        attempt = 0
+        while self._commands_down and not self._stopping:
+            attempt += 1
+            await asyncio.sleep(_backoff(attempt, _PROBE_CAP))
+            if not self._commands_down or self._stopping:
+                return
+            try:
+                async with self._slots:
+                    if self._stale_commands:
+                        self._stale_commands = False
+                        await self._client.connection_pool.disconnect(inuse_connections=False)
+                    await self._client.ping()
+            except _UNREACHABLE as exc:
+                self._last_error = _describe(exc)
+                continue
+            except RedisError as exc:  # it answered, if with an error: it is up
+                logger.debug("PING to %s answered with an error: %s", self._where, exc)
+            self._answered()
 
     async def _interruptible(self, awaitable: Awaitable[T]) -> T:
         """Await *awaitable* in `listen`; raise `_Stopped` if `stop` interrupts it."""
