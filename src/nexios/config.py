@@ -23,6 +23,10 @@ class ServerLimits:
     max_header_size:
         Bytes of all header lines together; more: HTTP 431. A single header line longer
         than 8 KiB is refused with 431 too: the WebSocket handshake parser reads no more.
+    max_half_open:
+        Connections accepted whose request head is not complete yet; one more closes
+        the oldest (408), so a burst of slow clients cannot use up the file descriptors
+        a prompt one needs.
     max_fragments:
         Frames one message may arrive in (RFC 6455 section 5.4), empty ones included;
         more closes the connection with 1009.
@@ -38,6 +42,7 @@ class ServerLimits:
     max_request_line: int = 8192
     max_headers: int = 128
     max_header_size: int = 64 * 1024
+    max_half_open: int = 1000
     max_fragments: int = 4096
     max_backlog: int = 1 << 20
     shutdown_timeout: float = 10.0
@@ -50,6 +55,7 @@ class ServerLimits:
             "max_request_line",
             "max_headers",
             "max_header_size",
+            "max_half_open",
             "max_fragments",
             "max_backlog",
         ):
@@ -99,8 +105,8 @@ class WebSocketConfig:
         ``messages`` and that many per ``seconds`` on average; a client over it is closed
         with 1008 "Rate limit exceeded". None: no limit.
 
-    handshake_timeout, max_request_line, max_headers, max_header_size, max_fragments,
-    max_backlog, shutdown_timeout:
+    handshake_timeout, max_request_line, max_headers, max_header_size, max_half_open,
+    max_fragments, max_backlog, shutdown_timeout:
         Limits the server enforces below the app: see `ServerLimits`.
 
     Server-wide fields (pings, message size, compression and the `ServerLimits`) apply
@@ -124,6 +130,7 @@ class WebSocketConfig:
     max_request_line: int = 8192
     max_headers: int = 128
     max_header_size: int = 64 * 1024
+    max_half_open: int = 1000
     max_fragments: int = 4096
     max_backlog: int = 1 << 20
     shutdown_timeout: float = 10.0
@@ -135,6 +142,7 @@ class WebSocketConfig:
             max_request_line=self.max_request_line,
             max_headers=self.max_headers,
             max_header_size=self.max_header_size,
+            max_half_open=self.max_half_open,
             max_fragments=self.max_fragments,
             max_backlog=self.max_backlog,
             shutdown_timeout=self.shutdown_timeout,
