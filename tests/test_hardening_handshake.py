@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from _servers import free_port
 from hardening_app import build
@@ -291,6 +292,32 @@ async def test_a_keep_alive_request_started_but_not_finished_times_out(
             assert 0.3 < seconds < 0.5 + AT_ONCE, seconds
         finally:
             writer.close()
+
+
+async def test_half_open_connections_count_toward_max_connections(live_server: Any) -> None:
+    """max_connections=3: with 2 unfinished handshakes held, one WebSocket gets in and the
+    next is refused with 503."""
+    app = build(WebSocketConfig(max_connections=3))
+    async with live_server(app) as server:
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        try:
+            for _, writer in held:
+                writer.write(PARTIAL_UPGRADE)
+            async with asyncio.timeout(PATIENCE):
+                # The server has read both partial heads once /stats (after them) sees them.
+                while (await stats(server.port)).get("half_open") != 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            url = server.ws + "/ws"
+            async with connect(url, open_timeout=PATIENCE) as ws:
+                with pytest.raises(InvalidStatus) as refused:
+                    async with connect(url, open_timeout=PATIENCE):
+                        pass
+                assert refused.value.response.status_code == 503
+                await ws.send("still here")
+                assert await asyncio.wait_for(ws.recv(), PATIENCE) == "still here"
+        finally:
+            for _, writer in held:
+                writer.close()
 
 
 async def test_a_prompt_client_gets_in_while_slowloris_holds_many_sockets() -> None:

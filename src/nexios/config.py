@@ -24,9 +24,9 @@ class ServerLimits:
         Bytes of all header lines together; more: HTTP 431. A single header line longer
         than 8 KiB is refused with 431 too: the WebSocket handshake parser reads no more.
     max_half_open:
-        Connections accepted whose request head is not complete yet; one more closes
-        the oldest (408), so a burst of slow clients cannot use up the file descriptors
-        a prompt one needs.
+        Connections accepted whose request head is not complete yet (they count toward
+        ``WebSocketConfig.max_connections`` too); one more closes the oldest (408), so a
+        burst of slow clients cannot use up the file descriptors a prompt one needs.
     max_fragments:
         Frames one message may arrive in (RFC 6455 section 5.4), empty ones included;
         more closes the connection with 1009.
@@ -96,8 +96,11 @@ class WebSocketConfig:
         WebSocket to this server with the user's cookies. Clients that send no Origin
         (non-browser clients) are not affected.
     max_connections:
-        Open connections this process serves at most; the handshake beyond is refused
-        with HTTP 503. None: no limit.
+        Connections this process serves at most: open WebSockets plus half-open
+        connections (accepted, request head not complete: see ``max_half_open``); a
+        handshake beyond is refused with HTTP 503. None: no limit. Keep ``max_half_open``
+        below it: the difference is room that slow clients can never take from
+        WebSockets.
     max_connections_per_client:
         Open connections one client address may have at once; beyond, HTTP 503.
     rate_limit:
