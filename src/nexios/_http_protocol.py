@@ -49,6 +49,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 
 from nexios.config import ServerLimits
+from nexios.server import limits_of  # which imports this module only when it runs
 from nexios.websockets.base import HALF_OPEN_EXTENSION
 
 if TYPE_CHECKING:
@@ -228,22 +229,57 @@ _SERVERS: weakref.WeakKeyDictionary[ServerState, HalfOpenConnections] = weakref.
 
 
 def _half_open(
-    state: ServerState, limits: ServerLimits, loop: asyncio.AbstractEventLoop
+    state: ServerState, config: uvicorn.Config, loop: asyncio.AbstractEventLoop
 ) -> HalfOpenConnections:
+    """The server's `HalfOpenConnections` (made by its first connection)."""
     connections = _SERVERS.get(state)
     if connections is None:
-        connections = _SERVERS[state] = HalfOpenConnections(limits, loop)
+        connections = _SERVERS[state] = HalfOpenConnections(limits_of(config), loop)
     return connections
-
-
-def _limits(config: uvicorn.Config) -> ServerLimits:
-    from nexios.server import limits_of  # nexios.server imports this module when it runs
-
-    return limits_of(config)
 
 
 class _Refused(Exception):
     """Raised in a parser callback: the head is over a limit (the reason is the message)."""
+
+
+class _GuardState:
+    """One connection's request head, as `_HeadGuard` follows it."""
+
+    __slots__ = (
+        "half_open",
+        "head_bytes",
+        "header_bytes",
+        "header_count",
+        "idle",
+        "in_head",
+        "limits",
+        "line_bytes",
+        "line_ends",
+        "linger",
+        "received",
+        "refusal",
+        "uncounted",
+    )
+
+    def __init__(self, half_open: HalfOpenConnections) -> None:
+        self.half_open = half_open
+        self.limits = half_open.limits
+        self.in_head = False
+        # Bytes of the unfinished head; of its last, unfinished, line; its line ends.
+        self.head_bytes = self.line_bytes = self.line_ends = 0
+        # The head began inside a read already given to the parser: that read's share
+        # of it is unknown, so the raw counts start with the next read.
+        self.uncounted = False
+        # Something of this request arrived (408 on timeout), else the socket just closes.
+        self.received = False
+        # Header lines the parser reported complete, and their bytes as rebuilt.
+        self.header_count = self.header_bytes = 0
+        # Why the request was refused; the timer that aborts the socket after `LINGER`.
+        self.refusal: str | None = None
+        self.linger: asyncio.TimerHandle | None = None
+        # httptools: between two requests of a keep-alive connection, the next read
+        # starts a head.
+        self.idle = False
 
 
 class _HeadGuard:
@@ -263,56 +299,48 @@ class _HeadGuard:
     client: tuple[str, int] | None
     logger: logging.Logger
 
+    # The connection's state, in one attribute: uvicorn's protocols have 28, and more
+    # than 30 would take the instance dict off CPython's shared-keys layout (every
+    # attribute access slower, five times the memory).
+    _guard: _GuardState
+
     def _init_guard(self, config: uvicorn.Config) -> None:
-        self._limits = _limits(config)
-        self._half_open = _half_open(self.server_state, self._limits, self.loop)
-        self._in_head = False
-        # Bytes of the unfinished head; of its last, unfinished, line; its line ends.
-        self._head_bytes = 0
-        self._line_bytes = 0
-        self._line_ends = 0
-        # The head began inside a read already given to the parser: that read's share of
-        # it is unknown, so the raw counts start with the next read.
-        self._uncounted = False
-        # Something of this request arrived (408 on timeout), else the socket just closes.
-        self._received = False
-        # Header lines the parser reported complete, and their bytes as rebuilt.
-        self._header_count = 0
-        self._header_bytes = 0
-        self._refusal: str | None = None
-        self._linger: asyncio.TimerHandle | None = None
+        self._guard = _GuardState(_half_open(self.server_state, config, self.loop))
 
     def _start_head(self, *, received: bool) -> None:
-        self._in_head = True
-        self._received = received
-        self._uncounted = False
-        self._head_bytes = self._line_bytes = self._line_ends = 0
-        self._header_count = self._header_bytes = 0
-        self._half_open.add(self)
+        guard = self._guard
+        guard.in_head = True
+        guard.received = received
+        guard.uncounted = False
+        guard.head_bytes = guard.line_bytes = guard.line_ends = 0
+        guard.header_count = guard.header_bytes = 0
+        guard.half_open.add(self)
 
     def _end_head(self) -> None:
+        guard = self._guard
         # A pipelined request may be checked without a `_start_head` (h11): start at 0.
-        self._header_count = self._header_bytes = 0
-        if self._in_head:
-            self._in_head = False
-            self._half_open.remove(self)
+        guard.header_count = guard.header_bytes = 0
+        if guard.in_head:
+            guard.in_head = False
+            guard.half_open.remove(self)
 
     def _end_guard(self) -> None:
         """The connection is lost."""
         self._end_head()
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        linger = self._guard.linger
+        if linger is not None:
+            linger.cancel()
+            self._guard.linger = None
 
     def _drop(self) -> None:
         """Timed out, or evicted to make room (already out of `HalfOpenConnections`)."""
-        self._in_head = False
+        self._guard.in_head = False
         transport = self.transport
         if transport.is_closing():
             return
         cycle = getattr(self, "cycle", None)
         answering = cycle is not None and not cycle.response_complete
-        if self._received and not answering:
+        if self._guard.received and not answering:
             self._answer(408, "The request did not arrive in time.")
         if transport.get_write_buffer_size():
             transport.abort()  # a client that does not read does not get to hold the socket
@@ -321,13 +349,13 @@ class _HeadGuard:
 
     def _fail(self, reason: str) -> None:
         """In a parser callback: stop the parser; the protocol then refuses for *reason*."""
-        self._refusal = reason
+        self._guard.refusal = reason
         raise _Refused(reason)
 
     def _refuse(self, reason: str) -> None:
         """Answer the status of *reason* at once and close the connection in stages."""
-        self._refusal = reason
-        self._half_open.closed(reason, self.client)
+        self._guard.refusal = reason
+        self._guard.half_open.closed(reason, self.client)
         self._end_head()
         status = _STATUS[reason]
         self._answer(status, http.HTTPStatus(status).description + ".")
@@ -338,7 +366,7 @@ class _HeadGuard:
         # RFC 9112 section 9.6: half-close, keep reading (and dropping) until the client
         # closes, so that its unread request does not turn our answer into a reset.
         transport.write_eof()
-        self._linger = self.loop.call_later(LINGER, transport.abort)
+        self._guard.linger = self.loop.call_later(LINGER, transport.abort)
 
     def _answer(self, status: int, text: str) -> None:
         body = text.encode()
@@ -356,41 +384,47 @@ class _HeadGuard:
         """*data* was read and the head is still not complete: the reason to refuse it now,
         if any. The last line is the one the parser holds; its length is that of the
         bytes after the last line end."""
-        if self._uncounted:
-            self._uncounted = False
+        if self._guard.uncounted:
+            self._guard.uncounted = False
             return None
         size = len(data)
-        self._head_bytes += size
+        self._guard.head_bytes += size
         end = data.rfind(b"\n")
         if end < 0:
-            self._line_bytes += size
+            self._guard.line_bytes += size
         else:
-            self._line_bytes = size - end - 1
-            self._line_ends += data.count(b"\n", 0, end + 1)
-        limits = self._limits
+            self._guard.line_bytes = size - end - 1
+            self._guard.line_ends += data.count(b"\n", 0, end + 1)
+        limits = self._guard.limits
         # The line still needs its end (CRLF) to be complete.
-        line = self._line_bytes + 2
-        if self._line_ends == 0:
+        line = self._guard.line_bytes + 2
+        if self._guard.line_ends == 0:
             if line > limits.max_request_line:
                 return "request_line_too_long"
         elif line > MAX_LINE_LENGTH:
             return "header_line_too_long"
-        if self._line_ends - 1 > limits.max_headers:
+        if self._guard.line_ends - 1 > limits.max_headers:
             return "too_many_headers"
-        if self._head_bytes > limits.max_request_line + limits.max_header_size:
+        if self._guard.head_bytes > limits.max_request_line + limits.max_header_size:
             return "headers_too_large"
         return None
 
     def _header(self, name: bytes, value: bytes) -> str | None:
         """A complete header line: the reason to refuse the request, if any."""
-        self._header_count += 1
+        count = self._guard.header_count = self._guard.header_count + 1
         size = len(name) + len(value) + _HEADER_LINE_REST
-        self._header_bytes += size
-        if self._header_count > self._limits.max_headers:
+        total = self._guard.header_bytes = self._guard.header_bytes + size
+        return self._over(count, size, total)
+
+    def _over(self, count: int, size: int, total: int) -> str | None:
+        """Header lines so far, the size of the last one and of all of them: the limit
+        they are over, if any."""
+        limits = self._guard.limits
+        if count > limits.max_headers:
             return "too_many_headers"
         if size > MAX_LINE_LENGTH:
             return "header_line_too_long"
-        if self._header_bytes > self._limits.max_header_size:
+        if total > limits.max_header_size:
             return "headers_too_large"
         return None
 
@@ -398,12 +432,12 @@ class _HeadGuard:
         """The head is complete (its headers all went through `_header`): the reason to
         refuse it, if any. An upgrade must also pass websockets' handshake parser, which
         reads lines of ``MAX_LINE_LENGTH`` bytes and ``MAX_NUM_HEADERS`` headers at most."""
-        limit = self._limits.max_request_line
+        limit = self._guard.limits.max_request_line
         if upgrade:
             limit = min(limit, MAX_LINE_LENGTH)
         if request_line > limit:
             return "request_line_too_long"
-        if upgrade and self._header_count > MAX_NUM_HEADERS:
+        if upgrade and self._guard.header_count > MAX_NUM_HEADERS:
             return "too_many_headers"
         return None
 
@@ -412,7 +446,8 @@ class _HeadGuard:
         extension too. Its app task is scheduled but has not started, so it sees it."""
         scope = getattr(self.transport.get_protocol(), "scope", None)
         if isinstance(scope, dict):
-            scope.setdefault("extensions", {})[HALF_OPEN_EXTENSION] = self._half_open.extension
+            extension = self._guard.half_open.extension
+            scope.setdefault("extensions", {})[HALF_OPEN_EXTENSION] = extension
 
 
 class _H11Connection(h11.Connection):
@@ -445,7 +480,7 @@ class NexiosH11Protocol(_HeadGuard, H11Protocol):
         size = config.h11_max_incomplete_event_size
         if size is None:
             # Ours, not h11's 16 KiB: our limits answer 414 and 431 before h11's 400.
-            size = self._limits.max_request_line + self._limits.max_header_size
+            size = self._guard.limits.max_request_line + self._guard.limits.max_header_size
             size += _H11_READ_SLACK
         self.conn = _H11Connection(self, size)
 
@@ -458,16 +493,16 @@ class NexiosH11Protocol(_HeadGuard, H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None:
+        if self._guard.refusal is not None:
             return  # refused: dropped until the client closes
-        if self._in_head:
-            self._received = True
+        if self._guard.in_head:
+            self._guard.received = True
         elif self.conn.their_state is h11.IDLE:
             self._start_head(received=True)  # the next request on a keep-alive connection
         super().data_received(data)
-        if self._refusal is not None:
+        if self._guard.refusal is not None:
             self.flow.resume_reading()  # refused inside `handle_events`, which paused
-        elif self._in_head and not self.transport.is_closing():
+        elif self._guard.in_head and not self.transport.is_closing():
             reason = self._unfinished(data)
             if reason is not None:
                 self._refuse(reason)
@@ -493,7 +528,7 @@ class NexiosH11Protocol(_HeadGuard, H11Protocol):
 
     def _should_upgrade(self) -> bool:
         # uvicorn asks this of every request, right after building its scope.
-        self.scope["extensions"] = {HALF_OPEN_EXTENSION: self._half_open.extension}
+        self.scope["extensions"] = {HALF_OPEN_EXTENSION: self._guard.half_open.extension}
         return super()._should_upgrade()
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
@@ -504,6 +539,8 @@ class NexiosH11Protocol(_HeadGuard, H11Protocol):
 if TYPE_CHECKING or importlib.util.find_spec("httptools") is not None:
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    _on_header = HttpToolsProtocol.on_header
 
     class NexiosHttpToolsProtocol(_HeadGuard, HttpToolsProtocol):
         """uvicorn's httptools protocol with the request head's timeout, limits and
@@ -518,8 +555,6 @@ if TYPE_CHECKING or importlib.util.find_spec("httptools") is not None:
         ) -> None:
             super().__init__(config, server_state, app_state, _loop)
             self._init_guard(config)
-            # Between two requests of a keep-alive connection: the next read starts a head.
-            self._idle = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -531,11 +566,12 @@ if TYPE_CHECKING or importlib.util.find_spec("httptools") is not None:
 
         def data_received(self, data: bytes) -> None:
             # uvicorn's, with the refusals, and the raw counts while the head is unfinished.
-            if self._refusal is not None:
+            guard = self._guard
+            if guard.refusal is not None:
                 return  # refused: dropped until the client closes
-            if self._in_head:
-                self._received = True
-            elif self._idle:
+            if guard.in_head:
+                guard.received = True
+            elif guard.idle:
                 self._start_head(received=True)  # the next request on a keep-alive connection
             self._unset_keepalive_if_required()
             try:
@@ -547,14 +583,14 @@ if TYPE_CHECKING or importlib.util.find_spec("httptools") is not None:
                     self._unsupported_upgrade_warning()
                 return
             except httptools.HttpParserError:
-                if self._refusal is not None:
-                    self._refuse(self._refusal)
+                if guard.refusal is not None:
+                    self._refuse(guard.refusal)
                     return
                 message = "Invalid HTTP request received."
                 self.logger.warning(message)
                 self.send_400_response(message)
                 return
-            if self._in_head and not self.transport.is_closing():
+            if guard.in_head and not self.transport.is_closing():
                 reason = self._unfinished(data)
                 if reason is not None:
                     self._refuse(reason)
@@ -562,27 +598,37 @@ if TYPE_CHECKING or importlib.util.find_spec("httptools") is not None:
         # Parser callbacks
 
         def on_message_begin(self) -> None:
-            if not self._in_head:
+            guard = self._guard
+            if not guard.in_head:
                 # A pipelined request, or one right after a body, in the same read.
                 self._start_head(received=True)
-                self._uncounted = True
-            self._idle = False
+                guard.uncounted = True
+            guard.idle = False
             super().on_message_begin()
-            self.scope["extensions"] = {HALF_OPEN_EXTENSION: self._half_open.extension}
+            self.scope["extensions"] = {HALF_OPEN_EXTENSION: guard.half_open.extension}
 
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
             if (
                 len(self.url) + _SHORTEST_METHOD + _REQUEST_LINE_REST
-                > self._limits.max_request_line
+                > self._guard.limits.max_request_line
             ):
                 self._fail("request_line_too_long")
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            reason = self._header(name, value)
-            if reason is not None:
-                self._fail(reason)
-            super().on_header(name, value)
+            # Once per header line of every request: `_header`, inline.
+            guard = self._guard
+            count = guard.header_count = guard.header_count + 1
+            size = len(name) + len(value) + _HEADER_LINE_REST
+            total = guard.header_bytes = guard.header_bytes + size
+            limits = guard.limits
+            if (
+                count > limits.max_headers
+                or size > MAX_LINE_LENGTH
+                or total > limits.max_header_size
+            ):
+                self._fail(self._over(count, size, total) or "headers_too_large")
+            _on_header(self, name, value)
 
         def on_headers_complete(self) -> None:
             line = len(self.parser.get_method()) + len(self.url) + _REQUEST_LINE_REST
@@ -593,7 +639,7 @@ if TYPE_CHECKING or importlib.util.find_spec("httptools") is not None:
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            self._idle = True
+            self._guard.idle = True
             super().on_message_complete()
 
         def handle_websocket_upgrade(self) -> None:
