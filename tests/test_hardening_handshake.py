@@ -472,3 +472,9 @@ async def test_each_request_of_a_keep_alive_connection_has_its_own_limits(
         finally:
             writer.close()
         assert response.count(b"HTTP/1.1 200 OK") == 10, response[-300:]
+
+
+def test_max_half_open_is_checked_and_reaches_the_server() -> None:
+    with pytest.raises(ValueError, match="max_half_open must be at least 1"):
+        WebSocketConfig(max_half_open=0)
+    assert WebSocketConfig(max_half_open=7).server_limits().max_half_open == 7
