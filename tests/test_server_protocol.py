@@ -32,6 +32,7 @@ from websockets.uri import parse_uri
 
 from nexios import server as nexios_server
 from nexios._frames import frame_header
+from nexios._http_protocol import NexiosH11Protocol, NexiosHttpToolsProtocol
 from nexios.config import ServerLimits
 from nexios.server import NexiosWebSocketProtocol, make_config
 
@@ -196,12 +197,14 @@ async def test_scope_advertises_the_extensions(compression: str | None, offered:
         scope = await within(scopes.get())
     extensions = dict(scope["extensions"])
     send_nowait = extensions.pop("nexios.websocket.send_nowait")
+    half_open = extensions.pop("nexios.server.half_open")
     assert extensions == {
         "websocket.http.response": {},
         "nexios.websocket.control": {},
         "nexios.websocket.permessage_deflate": {"offered": offered},
     }
     assert set(send_nowait) == {"send", "send_nowait"}
+    assert half_open["half_open"]() == 0  # the client's head is complete
 
 
 # Pings and pongs sent by the app
@@ -653,10 +656,12 @@ def test_make_config() -> None:
     assert config.ws_ping_timeout is None
     assert config.ws_max_size == 4096
     assert config.ws_per_message_deflate is True
-    assert (config.http, config.loop, config.lifespan) == ("httptools", "uvloop", "on")
+    # uvicorn's HTTP protocols, with the request head's limits.
+    assert config.http is NexiosHttpToolsProtocol
+    assert (config.loop, config.lifespan) == ("uvloop", "on")
 
     defaults = make_config(app, http="h11")
-    assert (defaults.host, defaults.port, defaults.http) == ("127.0.0.1", 8000, "h11")
+    assert (defaults.host, defaults.port, defaults.http) == ("127.0.0.1", 8000, NexiosH11Protocol)
     assert (defaults.ws_ping_interval, defaults.ws_ping_timeout) == (20.0, 20.0)
     assert defaults.ws_max_size == 1 << 20
     assert defaults.ws_per_message_deflate is False

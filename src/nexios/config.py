@@ -25,6 +25,10 @@ class ServerLimits:
     max_header_size:
         Bytes of all header lines together; more: HTTP 431. A single header line longer
         than 8 KiB is refused with 431 too: the WebSocket handshake parser reads no more.
+    max_half_open:
+        Connections accepted whose request head is not complete yet (they count toward
+        ``WebSocketConfig.max_connections`` too); one more closes the oldest (408), so a
+        burst of slow clients cannot use up the file descriptors a prompt one needs.
     max_fragments:
         Frames one message may arrive in (RFC 6455 section 5.4), empty ones included;
         more closes the connection with 1009.
@@ -40,6 +44,7 @@ class ServerLimits:
     max_request_line: int = 8192
     max_headers: int = 128
     max_header_size: int = 64 * 1024
+    max_half_open: int = 1000
     max_fragments: int = 4096
     max_backlog: int = 1 << 20
     shutdown_timeout: float = 10.0
@@ -52,6 +57,7 @@ class ServerLimits:
             "max_request_line",
             "max_headers",
             "max_header_size",
+            "max_half_open",
             "max_fragments",
             "max_backlog",
         ):
@@ -94,8 +100,11 @@ class WebSocketConfig:
         WebSocket to this server with the user's cookies. Clients that send no Origin
         (non-browser clients) are not affected.
     max_connections:
-        Open connections this process serves at most; the handshake beyond is refused
-        with HTTP 503. None: no limit.
+        Connections this process serves at most: open WebSockets plus half-open
+        connections (accepted, request head not complete: see ``max_half_open``); a
+        handshake beyond is refused with HTTP 503. None: no limit. Keep ``max_half_open``
+        below it: the difference is room that slow clients can never take from
+        WebSockets.
     max_connections_per_client:
         Open connections one client address may have at once; beyond, HTTP 503.
     rate_limit:
@@ -103,8 +112,8 @@ class WebSocketConfig:
         ``messages`` and that many per ``seconds`` on average; a client over it is closed
         with 1008 "Rate limit exceeded". None: no limit.
 
-    handshake_timeout, max_request_line, max_headers, max_header_size, max_fragments,
-    max_backlog, shutdown_timeout:
+    handshake_timeout, max_request_line, max_headers, max_header_size, max_half_open,
+    max_fragments, max_backlog, shutdown_timeout:
         Limits the server enforces below the app: see `ServerLimits`.
 
     Server-wide fields (pings, message size, compression and the `ServerLimits`) apply
@@ -128,6 +137,7 @@ class WebSocketConfig:
     max_request_line: int = 8192
     max_headers: int = 128
     max_header_size: int = 64 * 1024
+    max_half_open: int = 1000
     max_fragments: int = 4096
     max_backlog: int = 1 << 20
     shutdown_timeout: float = 10.0
@@ -139,6 +149,7 @@ class WebSocketConfig:
             max_request_line=self.max_request_line,
             max_headers=self.max_headers,
             max_header_size=self.max_header_size,
+            max_half_open=self.max_half_open,
             max_fragments=self.max_fragments,
             max_backlog=self.max_backlog,
             shutdown_timeout=self.shutdown_timeout,

@@ -651,7 +651,8 @@ def make_config(
 
     ``http="httptools"`` and ``loop="uvloop"`` are used when importable (else h11 and
     asyncio), with ``lifespan="on"``; *uvicorn_kwargs* go to ``uvicorn.Config`` as they
-    are and may override those three, but not the WebSocket options above.
+    are and may override those three, but not the WebSocket options above. The HTTP
+    protocol is uvicorn's with the request head's limits (``nexios._http_protocol``).
     """
     for option, ours in _OWN_OPTIONS.items():
         if option in uvicorn_kwargs:
@@ -662,6 +663,11 @@ def make_config(
         "lifespan": "on",
     }
     options.update(uvicorn_kwargs)
+    # The request head's timeout and limits (nexios._http_protocol), for "httptools",
+    # "h11" and "auto"; an HTTP protocol class of the caller's is used as it is.
+    from nexios._http_protocol import http_protocol
+
+    options["http"] = http_protocol(options["http"])
     limits = limits or _DEFAULT_LIMITS
     return ServerConfig(
         app,

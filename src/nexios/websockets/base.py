@@ -43,6 +43,7 @@ CONTROL_EXTENSION = "nexios.websocket.control"
 DEFLATE_EXTENSION = "nexios.websocket.permessage_deflate"
 SEND_NOWAIT_EXTENSION = "nexios.websocket.send_nowait"
 HTTP_RESPONSE_EXTENSION = "websocket.http.response"
+HALF_OPEN_EXTENSION = "nexios.server.half_open"
 
 # Pings and pongs nobody has asked for yet are kept, but only the latest few.
 _CONTROL_BACKLOG = 16

@@ -76,15 +76,19 @@ class ConnectionGuard:
                     ws.scope.get("path"),
                 )
                 return 403, "Origin not allowed"
-        if config.max_connections is not None and self.open >= config.max_connections:
-            self.stats.refused_capacity += 1
-            self._log_once(
-                "capacity",
-                "Refused a WebSocket handshake: %d connections open (limit %d)",
-                self.open,
-                config.max_connections,
-            )
-            return 503, "Server at capacity"
+        if config.max_connections is not None:
+            half_open = _half_open(ws)
+            if self.open + half_open >= config.max_connections:
+                self.stats.refused_capacity += 1
+                self._log_once(
+                    "capacity",
+                    "Refused a WebSocket handshake: %d connections open and %d half-open "
+                    "(limit %d)",
+                    self.open,
+                    half_open,
+                    config.max_connections,
+                )
+                return 503, "Server at capacity"
         limit = config.max_connections_per_client
         if limit is not None:
             host = _client_host(ws)
@@ -118,6 +122,19 @@ class ConnectionGuard:
         if config.rate_limit is None and config.idle_timeout is None:
             return None
         return ConnectionWatch(ws, config, self)
+
+
+def _half_open(ws: WebSocket) -> int:
+    """Connections of this server whose request head is not complete yet: they hold a
+    socket as an open connection does (the server's ``nexios.server.half_open`` scope
+    extension; 0 on a server without it)."""
+    from nexios.websockets.base import HALF_OPEN_EXTENSION  # base imports this module
+
+    extension = (ws.scope.get("extensions") or {}).get(HALF_OPEN_EXTENSION)
+    if extension is None:
+        return 0
+    count: int = extension["half_open"]()
+    return count
 
 
 def _client_host(ws: WebSocket) -> str:
