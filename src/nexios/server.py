@@ -12,13 +12,19 @@ import asyncio
 import contextlib
 import importlib.util
 from asyncio.transports import BaseTransport
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import uvicorn
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import (
+    HeaderLineTooLong,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -133,7 +139,18 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
       without waiting for the write buffer to drain, and a socket that is still not closed
       ``ABORT_AFTER`` seconds after it should have been is aborted (asyncio's ``close()``
       waits for the buffer to flush, which a peer with a zero window never allows).
+
+    Against hostile clients (`ServerLimits`):
+
+    - a handshake that websockets' parser refuses (a request line or header line too
+      long, too many headers, a body) is answered 414, 431 or 400, then closed.
+
+    What is refused is counted in `refused` (class-wide, by reason) and logged once per
+    reason.
     """
+
+    # Refusals of hostile input since the process started, by reason.
+    refused: ClassVar[Counter[str]] = Counter()
 
     def __init__(
         self,
@@ -215,14 +232,66 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     # Incoming data
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        conn = self.conn
+        conn.receive_data(data)
         # Deliver what was parsed before a parser error first, so the app sees the messages
         # that preceded, e.g., an oversized one (uvicorn drops them), then the disconnect.
         self.handle_events()
         # After a parser error websockets discards all input: report it and close, unless the
         # socket is already closing (handle_events may have failed the connection itself).
-        if self.conn.parser_exc is not None and not self.transport.is_closing():
-            self.handle_parser_exception()
+        if conn.parser_exc is not None:
+            if not self.transport.is_closing():
+                self.handle_parser_exception()
+        elif (
+            not self.handshake_initiated
+            and conn.handshake_exc is not None
+            and not self.transport.is_closing()
+        ):
+            self._refuse_handshake(conn.handshake_exc)
+
+    # Refusals
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        """Count a refusal; log the first one for each reason."""
+        refused = NexiosWebSocketProtocol.refused
+        if not refused[reason]:
+            self.logger.warning(
+                "Refused a WebSocket client: %s (%s). Further refusals for this reason are "
+                "counted in NexiosWebSocketProtocol.refused, not logged.",
+                reason,
+                detail,
+            )
+        refused[reason] += 1
+
+    def _refuse_handshake(self, exc: Exception) -> None:
+        """Answer a handshake that websockets' parser refused, then close.
+
+        websockets answers some of these itself (recent versions) and only half-closes on
+        the others, and uvicorn writes neither: the client would wait on an open socket.
+        """
+        if isinstance(exc, RequestLineTooLong):
+            # RFC 9110 section 15.5.15: the target is longer than the server will read.
+            status, reason = HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long"
+        elif isinstance(exc, HeaderLineTooLong | TooManyHeaders):
+            # RFC 6585 section 5.
+            status, reason = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large"
+        else:
+            status, reason = HTTPStatus.BAD_REQUEST, "invalid handshake request"
+        cause = exc.__cause__
+        detail = f"{exc}: {cause}" if cause is not None else str(exc)
+        self._refuse(reason, detail)
+        body = f"WebSocket handshake refused, {reason}: {detail}\n".encode()
+        head = [b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())]
+        for name, value in self.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(
+            b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body)
+        )
+        self.conn.data_to_send()  # websockets' own answer, if any: ours replaces it
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def handle_events(self) -> None:
         transport = self.transport
