@@ -1,14 +1,21 @@
-"""Hostile clients against the real server (issue 17): handshakes that the WebSocket
-parser refuses.
+"""Hostile clients against the real server (issue 17): fragment floods, and handshakes
+that the WebSocket parser refuses.
 
 Each test serves a raw ASGI app with ``run_live_server`` (uvicorn with the nexios protocol,
-in the test's event loop) and attacks it from bare sockets.
+in the test's event loop) and attacks it from bare sockets, building the frames by hand
+(RFC 6455 section 5.2: a client masks every frame; the mask key here is zero, which leaves
+the payload as it is and is as valid as any other key). Memory is the resident set size
+of this process (``VmRSS``), which holds the server; the clients' own buffers are kept
+small (they write in bounded chunks) so that what grows is the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +23,7 @@ from typing import Any
 import pytest
 
 from conftest import LiveServer, run_live_server
+from nexios.config import ServerLimits
 from nexios.server import NexiosWebSocketProtocol
 
 Scope = dict[str, Any]
@@ -25,10 +33,36 @@ Send = Callable[[Message], Awaitable[None]]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TIMEOUT = 5.0
+MIB = 1 << 20
+
+CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+FIN, RSV1 = 0x80, 0x40
 
 
 async def within(awaitable: Awaitable[Any], timeout: float = TIMEOUT) -> Any:
     return await asyncio.wait_for(awaitable, timeout)
+
+
+def rss() -> int:
+    """This process's resident set size, in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def masked(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """A client frame, masked with the zero key."""
+    first = (FIN if fin else 0) | (RSV1 if rsv1 else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        head = struct.pack("!BB", first, 0x80 | length)
+    elif length < 0x10000:
+        head = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, length)
+    return head + b"\0\0\0\0" + payload
 
 
 class App:
@@ -60,6 +94,117 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         reply = {"type": "websocket.send", "bytes": message.get("bytes")}
         reply["text"] = message.get("text")
         await send(reply)
+
+
+class Raw:
+    """A bare socket after a real handshake: it writes what it is told, reads frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, extensions: bytes = b"", path: str = "/") -> Raw:
+        reader, writer = await within(asyncio.open_connection("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16))
+        writer.write(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + extensions + b"\r\n"
+        )
+        try:
+            head = await within(reader.readuntil(b"\r\n\r\n"))
+            assert head.startswith(b"HTTP/1.1 101 "), head
+        except BaseException:  # cancelled too (a flooder at the end of its test)
+            writer.transport.abort()
+            raise
+        return cls(reader, writer)
+
+    async def flood(self, data: bytes, chunk: int = 1 << 16) -> bool:
+        """Write *data* in chunks, each after the last has drained; False if the server
+        closed the connection first."""
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), chunk):
+                self.writer.write(view[start : start + chunk])
+                await self.writer.drain()
+        except ConnectionError:
+            return False
+        return True
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        first, second = await self.reader.readexactly(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return first & 0x0F, await self.reader.readexactly(length)
+
+    async def until_close_or_pong(self) -> tuple[int, bytes]:
+        """The first Close or Pong frame from the server."""
+        while True:
+            opcode, payload = await self.read_frame()
+            if opcode in (CLOSE, PONG):
+                return opcode, payload
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+def close_of(frame: tuple[int, bytes]) -> tuple[int, str]:
+    opcode, payload = frame
+    assert opcode == CLOSE, f"the server answered the ping instead of closing: {frame}"
+    (code,) = struct.unpack("!H", payload[:2])
+    return code, payload[2:].decode()
+
+
+def fragment_flood(fragments: int, size: int) -> bytes:
+    """A text message begun and continued in *fragments* frames of *size* bytes, never
+    finished; a Ping after it (answered only if the server is still reading)."""
+    start = masked(TEXT, b"x" * size, fin=False)
+    return start + masked(CONT, b"y" * size, fin=False) * fragments + masked(PING, b"alive?")
+
+
+# Fragment floods
+
+
+async def test_fragment_floods_are_closed_with_1009_and_hold_no_memory() -> None:
+    """Three clients each begin a message and continue it in 300,000 fragments of 1 byte
+    (two of them) or of none (the third) without ever finishing it. Before: the server
+    kept every fragment (about 50 bytes each: +15 MiB per client, the empty ones counted
+    toward no limit) and answered the Ping that followed. Now the 4,097th frame closes the
+    connection with 1009 "message in too many fragments" (RFC 6455 section 7.4.1), and
+    the server's memory grows by less than 16 MiB for the three (what it holds is one
+    read of the socket each, at most 4,096 fragments, and the test's own buffers; the
+    flood alone would be 45 MiB)."""
+    limits = ServerLimits(shutdown_timeout=2)
+    assert limits.max_fragments == 4096
+    floods = [fragment_flood(300_000, 1), fragment_flood(300_000, 1), fragment_flood(300_000, 0)]
+    async with run_live_server(App(echo), ping_interval=None, limits=limits) as server:
+        clients = [await Raw.open(server.port) for _ in floods]
+        refused = NexiosWebSocketProtocol.refused["too many fragments"]
+        before = rss()
+        started = time.monotonic()
+
+        async def attack(client: Raw, flood: bytes) -> tuple[int, bytes]:
+            await client.flood(flood)
+            return await client.until_close_or_pong()
+
+        try:
+            answers = await within(
+                asyncio.gather(*(attack(c, f) for c, f in zip(clients, floods, strict=True)))
+            )
+            elapsed = time.monotonic() - started
+            growth = rss() - before
+        finally:
+            for client in clients:
+                client.abort()
+    for answer in answers:
+        assert close_of(answer) == (1009, "message in too many fragments")
+    assert NexiosWebSocketProtocol.refused["too many fragments"] == refused + 3
+    assert growth < 16 * MIB, f"RSS grew by {growth / MIB:.1f} MiB in {elapsed:.1f} s"
+    assert server.errors == []
 
 
 # Handshakes the WebSocket parser refuses

@@ -22,6 +22,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import (
     HeaderLineTooLong,
+    PayloadTooBig,
     RequestLineTooLong,
     TooManyHeaders,
 )
@@ -62,19 +63,50 @@ def _deflate_factory() -> ServerPerMessageDeflateFactory:
     )
 
 
-class _ServerConnection(ServerProtocol):
-    """websockets' sans-I/O server connection, except for a Close inside a fragmented message.
+class _TooManyFragments(PayloadTooBig):
+    """A message in more frames than ``ServerLimits.max_fragments``. websockets' parser
+    fails the connection with 1009 and ``str()`` of this as the reason."""
 
-    RFC 6455 section 5.4: control frames MAY be injected in the middle of a fragmented
-    message, and a Close is a control frame. websockets treats one that arrives before the
-    final fragment as a protocol error and answers 1002; here it is the peer's closing
-    handshake, as at any other time: the unfinished message is dropped, the Close is echoed
-    (section 5.5.1) and the app hears the peer's code. (Autobahn case 7.1.5.)
+    def __init__(self) -> None:
+        Exception.__init__(self)
+        self.message = "message in too many fragments"
+        self.current_size = None
+
+    def set_current_size(self, current_size: int | None) -> None:
+        pass  # the size is not what is wrong
+
+
+class _ServerConnection(ServerProtocol):
+    """websockets' sans-I/O server connection, with a bound on the frames of a message
+    and a Close allowed inside a fragmented message.
+
+    - RFC 6455 section 5.4 puts no bound on the fragments of a message, and websockets'
+      size limit does not count empty ones: past *max_fragments* frames the connection is
+      failed with 1009 (section 7.4.1, "a message that is too big for it to process").
+    - RFC 6455 section 5.4: control frames MAY be injected in the middle of a fragmented
+      message, and a Close is a control frame. websockets treats one that arrives before
+      the final fragment as a protocol error and answers 1002; here it is the peer's
+      closing handshake, as at any other time: the unfinished message is dropped, the
+      Close is echoed (section 5.5.1) and the app hears the peer's code. (Autobahn case
+      7.1.5.)
     """
 
+    def __init__(self, *, max_fragments: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_fragments = max_fragments
+        self.fragments = 0
+
     def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is _CLOSE:
+        opcode = frame.opcode
+        if opcode is _CONT:
+            if self.current_size is not None:
+                self.fragments += 1
+                if self.fragments > self.max_fragments:
+                    raise _TooManyFragments()
+        elif opcode is _CLOSE:
             self.current_size = None
+        elif not frame.fin:  # the first frame of a fragmented message
+            self.fragments = 1
         _recv_frame(self, frame)
 
     def accept(self, request: Request) -> Response:
@@ -87,7 +119,7 @@ class _ServerConnection(ServerProtocol):
 
 
 _recv_frame = ServerProtocol.recv_frame
-_TEXT, _BINARY, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE
+_TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
 
 
 class _Inbox:
@@ -142,6 +174,7 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
 
     Against hostile clients (`ServerLimits`):
 
+    - a message in more than ``max_fragments`` frames closes the connection with 1009;
     - a handshake that websockets' parser refuses (a request line or header line too
       long, too many headers, a body) is answered 414, 431 or 400, then closed.
 
@@ -151,6 +184,7 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # Refusals of hostile input since the process started, by reason.
     refused: ClassVar[Counter[str]] = Counter()
+    conn: _ServerConnection
 
     def __init__(
         self,
@@ -164,7 +198,9 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         # permessage-deflate available only when the server-wide setting is on. nexios lets
         # the app ask for it per connection, so it must be negotiable at handshake time
         # whatever the setting; the app's accept decides whether the result is kept.
+        limits = limits_of(config)
         self.conn = _ServerConnection(
+            max_fragments=limits.max_fragments,
             extensions=self.conn.available_extensions or [_deflate_factory()],
             max_size=config.ws_max_size,
             logger=self.conn.logger,
@@ -410,6 +446,8 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_parser_exception(self) -> None:
         # A protocol error, an oversized message or invalid UTF-8 from the peer.
+        if isinstance(self.conn.parser_exc, _TooManyFragments):
+            self._refuse("too many fragments", f"more than {self.conn.max_fragments} frames")
         self._closed_by_server = True
         super().handle_parser_exception()
 
