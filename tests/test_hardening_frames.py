@@ -1,5 +1,5 @@
-"""Hostile clients against the real server (issue 17): fragment floods, and handshakes
-that the WebSocket parser refuses.
+"""Hostile clients against the real server (issue 17): fragment floods, compression as a
+memory amplifier, and handshakes that the WebSocket parser refuses.
 
 Each test serves a raw ASGI app with ``run_live_server`` (uvicorn with the nexios protocol,
 in the test's event loop) and attacks it from bare sockets, building the frames by hand
@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import os
 import struct
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -205,6 +207,128 @@ async def test_fragment_floods_are_closed_with_1009_and_hold_no_memory() -> None
     assert NexiosWebSocketProtocol.refused["too many fragments"] == refused + 3
     assert growth < 16 * MIB, f"RSS grew by {growth / MIB:.1f} MiB in {elapsed:.1f} s"
     assert server.errors == []
+
+
+# Compression as an amplifier
+
+
+def deflated_zeros(size: int) -> bytes:
+    """*size* zero bytes as a permessage-deflate payload (RFC 7692 section 7.2.1: the
+    final 00 00 ff ff of the sync flush removed), with a 4 KiB window."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -12)
+    data = compressor.compress(bytes(size)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+async def test_compressed_messages_wait_compressed_while_the_app_is_not_reading() -> None:
+    """Ten clients each send 200 deflated messages of 1 KB that inflate to 1 MiB, to a
+    handler that is not reading. Before: each read of the socket was inflated whole,
+    some 100 MiB per client (the process grew by hundreds of MiB). Now the server
+    inflates only while less than ``max_backlog`` (1 MiB) waits for the app, keeps the
+    rest as it arrived (compressed) and stops reading the socket: the process grows by
+    less than 40 MiB for the ten (at most a backlog and a message each, 2 MiB, plus a
+    read of compressed bytes and zlib's state; the app's messages would be 2,000 MiB).
+    Then the app reads, and every message arrives whole and in order."""
+    payload = deflated_zeros(MIB)
+    assert len(payload) < 1100
+    frame = masked(BINARY, payload, rsv1=True)
+    accepted: asyncio.Queue[NexiosWebSocketProtocol] = asyncio.Queue()
+    go = [asyncio.Event() for _ in range(10)]  # the app starts reading, per connection
+    order = itertools.count()
+    counts: asyncio.Queue[tuple[int, bool]] = asyncio.Queue()  # what the first app read
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        protocol = scope["extensions"]["nexios.websocket.send_nowait"]["send_nowait"].__self__
+        index = next(order)
+        accepted.put_nowait(protocol)
+        await go[index].wait()
+        if index:
+            return  # only the first connection's app catches up
+        count, whole = 0, True
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                break
+            whole = whole and message["bytes"] == bytes(MIB)
+            count += 1
+            if count == 200:
+                await send({"type": "websocket.send", "text": "all 200"})
+        counts.put_nowait((count, whole))
+
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    async with run_live_server(App(handler), ping_interval=None, compression=True) as server:
+        clients = [await Raw.open(server.port, offer) for _ in range(10)]
+        protocols = [await within(accepted.get()) for _ in clients]
+        paused = [asyncio.Event() for _ in protocols]
+        for protocol, event in zip(protocols, paused, strict=True):
+            pause_reading = protocol.transport.pause_reading
+
+            def pause(pause_reading: Any = pause_reading, event: asyncio.Event = event) -> None:
+                pause_reading()
+                event.set()
+
+            protocol.transport.pause_reading = pause  # type: ignore[method-assign]
+        before = rss()
+        try:
+            for client in clients:
+                client.writer.write(frame * 200)
+            # Each connection stops reading once the app is behind; by then every read
+            # so far has been handled.
+            await within(asyncio.gather(*(event.wait() for event in paused)))
+            growth = rss() - before
+            assert growth < 40 * MIB, f"RSS grew by {growth / MIB:.0f} MiB"
+            # The first connection's app catches up: its messages all arrive.
+            go[0].set()
+            opcode, text = await within(clients[0].read_frame(), 20.0)
+            inflated = zlib.decompressobj(-15).decompress(text + b"\x00\x00\xff\xff")
+            assert (opcode, inflated) == (TEXT, b"all 200")
+        finally:
+            for client in clients:
+                client.abort()
+            for event in go:
+                event.set()
+        assert await within(counts.get()) == (200, True)
+
+
+async def test_an_app_that_closes_while_input_is_held_completes_the_close() -> None:
+    """The app reads nothing, then closes, while the server holds the client's messages
+    (3 MiB sent, past ``max_backlog``): the server parses on past what it held, drops it,
+    and ends the connection as soon as the client's Close arrives, not at the 10 s
+    close timeout."""
+    closing = asyncio.Event()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        protocol = scope["extensions"]["nexios.websocket.send_nowait"]["send_nowait"].__self__
+        held = protocol._held
+
+        def spy() -> None:
+            held()
+            if protocol._waiting > protocol._max_backlog:
+                closing.set()
+
+        protocol._held = spy
+        await closing.wait()
+        await send({"type": "websocket.close", "code": 1000, "reason": "enough"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    async with run_live_server(App(handler), ping_interval=None) as server:
+        client = await Raw.open(server.port)
+        try:
+            client.writer.write(masked(BINARY, bytes(64 * 1024)) * 48)
+            await within(closing.wait())
+            started = time.monotonic()
+            frame = await within(client.read_frame())
+            assert close_of(frame) == (1000, "enough")
+            client.writer.write(masked(CLOSE, struct.pack("!H", 1000)))
+            assert await within(client.reader.read()) == b""  # the server closed
+            elapsed = time.monotonic() - started
+        finally:
+            client.abort()
+    assert elapsed < 2.0
 
 
 # Handshakes the WebSocket parser refuses

@@ -13,7 +13,7 @@ import contextlib
 import importlib.util
 from asyncio.transports import BaseTransport
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
@@ -34,6 +34,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from nexios._frames import BINARY, TEXT, frame_header
 from nexios.config import ServerLimits
@@ -52,6 +53,10 @@ __all__ = ["NexiosWebSocketProtocol", "ServerConfig", "limits_of", "make_config"
 MAX_CONTROL_PAYLOAD: Final = 125
 # Control events waiting for the app, at most; more are dropped (and counted).
 MAX_PENDING_CONTROL: Final = 32
+# What a received frame costs beyond its payload, in bytes, wherever sizes are summed:
+# about the memory of the objects a frame becomes (the parsed frame, then the event
+# waiting for the app). Empty frames are not free.
+FRAME_COST: Final = 256
 
 
 def _deflate_factory() -> ServerPerMessageDeflateFactory:
@@ -76,13 +81,35 @@ class _TooManyFragments(PayloadTooBig):
         pass  # the size is not what is wrong
 
 
+class _Reader(StreamReader):
+    """websockets' stream reader, which can *hold*: while `hold` is set, the parser stops
+    before the next frame, as if no more data had arrived; what was fed stays in
+    ``buffer`` until the protocol lets the parser go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        # websockets' parser asks this before each frame.
+        while True:
+            if self.buffer and not self.hold:
+                return False
+            if self.eof:
+                return True
+            yield
+
+
 class _ServerConnection(ServerProtocol):
-    """websockets' sans-I/O server connection, with a bound on the frames of a message
-    and a Close allowed inside a fragmented message.
+    """websockets' sans-I/O server connection, with a bound on the frames of a message,
+    a parser that stops when its budget is spent, and a Close allowed inside a
+    fragmented message.
 
     - RFC 6455 section 5.4 puts no bound on the fragments of a message, and websockets'
       size limit does not count empty ones: past *max_fragments* frames the connection is
       failed with 1009 (section 7.4.1, "a message that is too big for it to process").
+    - `budget`: bytes (payload + FRAME_COST per frame) the parser may still produce before
+      it holds (`_Reader.hold`); the protocol sets it before each feed.
     - RFC 6455 section 5.4: control frames MAY be injected in the middle of a fragmented
       message, and a Close is a control frame. websockets treats one that arrives before
       the final fragment as a protocol error and answers 1002; here it is the peer's
@@ -95,6 +122,11 @@ class _ServerConnection(ServerProtocol):
         super().__init__(**options)
         self.max_fragments = max_fragments
         self.fragments = 0
+        self.budget = 0  # the protocol sets it before each feed
+        # The reader that can hold; the parser restarts on it (it has read nothing yet).
+        self.reader = _Reader()
+        self.parser = self.parse()
+        next(self.parser)
 
     def recv_frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -108,6 +140,9 @@ class _ServerConnection(ServerProtocol):
         elif not frame.fin:  # the first frame of a fragmented message
             self.fragments = 1
         _recv_frame(self, frame)
+        self.budget -= len(frame.data) + FRAME_COST
+        if self.budget < 0:
+            cast("_Reader", self.reader).hold = True
 
     def accept(self, request: Request) -> Response:
         response = super().accept(request)
@@ -175,6 +210,9 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     Against hostile clients (`ServerLimits`):
 
     - a message in more than ``max_fragments`` frames closes the connection with 1009;
+    - inbound backpressure: while the app has more than ``max_backlog`` bytes of messages
+      waiting (after decompression), the parser holds what was read, still compressed,
+      and the socket is not read; both go on once the app has read what waits;
     - a handshake that websockets' parser refuses (a request line or header line too
       long, too many headers, a body) is answered 414, 431 or 400, then closed.
 
@@ -205,6 +243,14 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             max_size=config.ws_max_size,
             logger=self.conn.logger,
         )
+        self._reader = cast("_Reader", self.conn.reader)
+        self._max_backlog = limits.max_backlog
+        # Reading resumes once the app has brought the backlog down to this.
+        self._resume_at = limits.max_backlog // 2
+        # Bytes of the messages waiting for the app (text counted in characters), plus
+        # FRAME_COST each.
+        self._waiting = 0
+        self._go_on_scheduled = False
         self._inbox = _Inbox()
         self.queue = cast("asyncio.Queue[ASGIReceiveEvent]", self._inbox)
         self._deflate_offered = False
@@ -268,8 +314,26 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     # Incoming data
 
     def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        if reader.hold:
+            # The parser is held: the data waits behind what is held.
+            reader.feed_data(data)
+            self._held()
+            return
+        budget = self._max_backlog - self._waiting
+        if budget <= 0:
+            reader.feed_data(data)
+            reader.hold = True
+            self._held()
+            return
         conn = self.conn
+        conn.budget = budget
         conn.receive_data(data)
+        self._parsed()
+
+    def _parsed(self) -> None:
+        """Act on what the parser produced from the data it was fed."""
+        conn = self.conn
         # Deliver what was parsed before a parser error first, so the app sees the messages
         # that preceded, e.g., an oversized one (uvicorn drops them), then the disconnect.
         self.handle_events()
@@ -284,6 +348,65 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             and not self.transport.is_closing()
         ):
             self._refuse_handshake(conn.handshake_exc)
+        elif self._reader.hold:
+            if self._reader.buffer:
+                self._held()
+            else:
+                # The budget ran out on the last frame of the read: nothing waits to be
+                # parsed, and the next read checks the backlog before it is parsed.
+                self._reader.hold = False
+
+    # Inbound flow control
+
+    def _budget(self) -> int:
+        """Bytes of frames the parser may produce now: no more than takes the app's
+        backlog past ``max_backlog``."""
+        if self.close_sent:
+            return self._max_backlog  # messages are dropped from now on
+        return self._max_backlog - self._waiting
+
+    def _held(self) -> None:
+        """The parser holds unparsed data: stop reading the socket, and go on once the app
+        has caught up (`receive`), or at the next turn of the loop if it is not behind."""
+        if self.transport.is_closing():
+            return
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        if self._budget() > 0:
+            self._go_on_soon()
+
+    def _go_on_soon(self) -> None:
+        if not self._go_on_scheduled:
+            self._go_on_scheduled = True
+            self.loop.call_soon(self._go_on)
+
+    def _go_on(self) -> None:
+        """Parse more of what the parser holds, as much as the budget allows; resume
+        reading the socket once it is all parsed."""
+        self._go_on_scheduled = False
+        reader = self._reader
+        if not reader.hold or self.transport.is_closing():
+            return
+        budget = self._budget()
+        if budget <= 0:
+            return  # the app is behind: `receive` calls again
+        reader.hold = False
+        conn = self.conn
+        conn.budget = budget
+        conn.receive_data(b"")
+        self._parsed()
+        if not reader.hold and self.read_paused and not self.transport.is_closing():
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _app_caught_up(self) -> None:
+        """Reading was paused, and the app has caught up (or will read no more)."""
+        if self._reader.hold:
+            self._go_on_soon()
+        else:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     # Refusals
 
@@ -397,11 +520,14 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
                     inbox.wake()  # woken, then cancelled: pass the event on
                 raise
         message = items.popleft()
-        if self.read_paused and not items:
-            self.read_paused = False
-            self.transport.resume_reading()
         kind: str = message["type"]
-        if kind == "websocket.ping" or kind == "websocket.pong":
+        if kind == "websocket.receive":
+            fields: Any = message
+            data = fields.get("bytes")
+            self._waiting -= FRAME_COST + len(fields["text"] if data is None else data)
+            if self.read_paused and self._waiting <= self._resume_at:
+                self._app_caught_up()
+        elif kind == "websocket.ping" or kind == "websocket.pong":
             self._pending_control -= 1
         return message
 
@@ -417,21 +543,21 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             # until the peer's Close arrives.
             return
         event: ASGIReceiveEvent
+        payload: str | bytes
         if text:
             try:
-                event = {"type": "websocket.receive", "text": bytes(data).decode()}
+                payload = bytes(data).decode()
             except UnicodeDecodeError as exc:
                 self._fail_invalid_text(exc)
                 return
+            event = {"type": "websocket.receive", "text": payload}
         else:
-            event = {"type": "websocket.receive", "bytes": bytes(data)}
-        inbox = self._inbox
-        inbox.put_nowait(event)
-        # Flow control: stop reading the socket while the app is behind by more than one
-        # message (uvicorn pauses after every message; the memory bound is the same order).
-        if len(inbox.items) > 1 and not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+            payload = bytes(data)
+            event = {"type": "websocket.receive", "bytes": payload}
+        # Flow control: the parser's budget keeps this to max_backlog and one frame; past
+        # it, reading stops (`_held`) until `receive` has brought it down.
+        self._waiting += len(payload) + FRAME_COST
+        self._inbox.put_nowait(event)
 
     def _fail_invalid_text(self, exc: UnicodeDecodeError) -> None:
         # RFC 6455 section 8.1: a text message that is not valid UTF-8 fails the connection,
@@ -563,6 +689,9 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             ):
                 self._settle_extensions(fields)
         await super().send(message)
+        if kind == "websocket.close" and self._reader.hold:
+            # Past its close the app reads nothing: parse on, to the peer's Close.
+            self._go_on_soon()
         if kind == "websocket.http.response.body" and not fields.get("more_body", False):
             # The denial response is complete: that answers the handshake. uvicorn leaves
             # the flag unset and then logs "returned without completing handshake" as an
@@ -588,8 +717,7 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
+            self._app_caught_up()
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     async def _send_control(self, kind: str, message: Mapping[str, Any]) -> None:
