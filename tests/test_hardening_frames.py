@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
 from conftest import LiveServer, run_live_server
 from nexios.config import ServerLimits
@@ -207,6 +208,71 @@ async def test_fragment_floods_are_closed_with_1009_and_hold_no_memory() -> None
     assert NexiosWebSocketProtocol.refused["too many fragments"] == refused + 3
     assert growth < 16 * MIB, f"RSS grew by {growth / MIB:.1f} MiB in {elapsed:.1f} s"
     assert server.errors == []
+
+
+async def routes(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/sink`` reads every message and answers none; any other path echoes."""
+    if scope["path"] != "/sink":
+        await echo(scope, receive, send)
+        return
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] == "websocket.receive":
+        pass
+
+
+FLOODS = {
+    # A message begun, then 1,000,000 fragments of 1 byte: closed at the 4,097th frame.
+    "fragments": ("/", fragment_flood(1_000_000, 1)),
+    # 1,000,000 empty text messages, each read by the app: all legitimate, but small
+    # frames cost the parser as much as big ones.
+    "empty messages": ("/sink", masked(TEXT) * 1_000_000),
+}
+
+
+@pytest.mark.parametrize("kind", list(FLOODS))
+async def test_echo_keeps_answering_while_three_clients_flood(kind: str) -> None:
+    """While three clients flood the server with small frames (reconnecting whenever
+    they are closed), a well-behaved client's echo answers within 1 s every time.
+    Before: the server parsed each of the flooders' reads whole (256 KiB, some 40,000
+    frames, in one go) and the echo stalled for seconds: 3.0 s for fragments, 1.8 s for
+    empty messages (1.0 s still, with backpressure alone). Now the server parses a
+    turn's budget of each connection at a time."""
+    path, flood = FLOODS[kind]
+    async with run_live_server(App(routes), ping_interval=None) as server:
+        stop = asyncio.Event()
+        floods = 0
+
+        async def flooder() -> None:
+            nonlocal floods
+            while not stop.is_set():
+                client = await Raw.open(server.port, path=path)
+                try:
+                    floods += 1
+                    await client.flood(flood)
+                finally:
+                    client.abort()
+
+        flooders = [asyncio.create_task(flooder()) for _ in range(3)]
+        slowest, count = 0.0, 0
+        try:
+            async with connect(server.ws + "/", ping_interval=None) as ws:
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline:
+                    sent = time.monotonic()
+                    await ws.send(f"echo {count}")
+                    assert await within(ws.recv(), 10.0) == f"echo {count}"
+                    slowest = max(slowest, time.monotonic() - sent)
+                    count += 1
+        finally:
+            stop.set()
+            for task in flooders:
+                task.cancel()
+            await asyncio.gather(*flooders, return_exceptions=True)
+    assert floods >= 3
+    assert slowest < 1.0, f"an echo took {slowest:.2f} s ({count} echoes, {floods} floods)"
+    # Reads parsed whole (or a backlog's worth at a time) left room for 3 to 8 echoes
+    # in 3 s; a turn's budget at a time, 70 to 240 (the machine is shared: a wide margin).
+    assert count >= 20, f"{count} echoes in 3 s (slowest {slowest:.2f} s, {floods} floods)"
 
 
 # Compression as an amplifier

@@ -57,6 +57,10 @@ MAX_PENDING_CONTROL: Final = 32
 # about the memory of the objects a frame becomes (the parsed frame, then the event
 # waiting for the app). Empty frames are not free.
 FRAME_COST: Final = 256
+# Bytes of frames (payload + FRAME_COST each) parsed from one connection in one turn of
+# the event loop; the rest of a read waits for a later turn, so that one connection's
+# flood of small frames cannot keep the loop from every other connection.
+TURN_BUDGET: Final = 64 * 1024
 
 
 def _deflate_factory() -> ServerPerMessageDeflateFactory:
@@ -102,7 +106,7 @@ class _Reader(StreamReader):
 
 class _ServerConnection(ServerProtocol):
     """websockets' sans-I/O server connection, with a bound on the frames of a message,
-    a parser that stops when its budget is spent, and a Close allowed inside a
+    a parser that stops when the turn's budget is spent, and a Close allowed inside a
     fragmented message.
 
     - RFC 6455 section 5.4 puts no bound on the fragments of a message, and websockets'
@@ -210,6 +214,8 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     Against hostile clients (`ServerLimits`):
 
     - a message in more than ``max_fragments`` frames closes the connection with 1009;
+    - the parser runs on at most TURN_BUDGET bytes of frames per turn of the event loop
+      (FRAME_COST per frame, so empty frames count), and goes on at the next turn;
     - inbound backpressure: while the app has more than ``max_backlog`` bytes of messages
       waiting (after decompression), the parser holds what was read, still compressed,
       and the socket is not read; both go on once the app has read what waits;
@@ -245,6 +251,7 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         )
         self._reader = cast("_Reader", self.conn.reader)
         self._max_backlog = limits.max_backlog
+        self._turn_budget = min(TURN_BUDGET, limits.max_backlog)
         # Reading resumes once the app has brought the backlog down to this.
         self._resume_at = limits.max_backlog // 2
         # Bytes of the messages waiting for the app (text counted in characters), plus
@@ -321,6 +328,8 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             self._held()
             return
         budget = self._max_backlog - self._waiting
+        if budget > self._turn_budget:
+            budget = self._turn_budget
         if budget <= 0:
             reader.feed_data(data)
             reader.hold = True
@@ -359,15 +368,16 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     # Inbound flow control
 
     def _budget(self) -> int:
-        """Bytes of frames the parser may produce now: no more than takes the app's
-        backlog past ``max_backlog``."""
+        """Bytes of frames the parser may produce now: a turn's worth, and no more than
+        takes the app's backlog past ``max_backlog``."""
         if self.close_sent:
-            return self._max_backlog  # messages are dropped from now on
-        return self._max_backlog - self._waiting
+            return self._turn_budget  # messages are dropped from now on
+        return min(self._turn_budget, self._max_backlog - self._waiting)
 
     def _held(self) -> None:
-        """The parser holds unparsed data: stop reading the socket, and go on once the app
-        has caught up (`receive`), or at the next turn of the loop if it is not behind."""
+        """The parser holds unparsed data: stop reading the socket, and go on at the next
+        turn of the loop or, if the app is more than ``max_backlog`` behind, once it has
+        caught up (`receive`)."""
         if self.transport.is_closing():
             return
         if not self.read_paused:
@@ -382,8 +392,8 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             self.loop.call_soon(self._go_on)
 
     def _go_on(self) -> None:
-        """Parse more of what the parser holds, as much as the budget allows; resume
-        reading the socket once it is all parsed."""
+        """Parse more of what the parser holds, a turn's budget; resume reading the socket
+        once it is all parsed."""
         self._go_on_scheduled = False
         reader = self._reader
         if not reader.hold or self.transport.is_closing():
