@@ -327,25 +327,26 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             reader.feed_data(data)
             self._held()
             return
-        budget = self._max_backlog - self._waiting
-        if budget > self._turn_budget:
-            budget = self._turn_budget
+        waiting = self._waiting
+        budget = self._turn_budget if not waiting else self._max_backlog - waiting
         if budget <= 0:
             reader.feed_data(data)
             reader.hold = True
             self._held()
             return
         conn = self.conn
-        conn.budget = budget
+        conn.budget = budget if budget < self._turn_budget else self._turn_budget
         conn.receive_data(data)
-        self._parsed()
-
-    def _parsed(self) -> None:
-        """Act on what the parser produced from the data it was fed."""
-        conn = self.conn
         # Deliver what was parsed before a parser error first, so the app sees the messages
         # that preceded, e.g., an oversized one (uvicorn drops them), then the disconnect.
         self.handle_events()
+        if conn.parser_exc is not None or reader.hold or not self.handshake_initiated:
+            self._after_events()
+
+    def _after_events(self) -> None:
+        """After the events of a feed of the parser: a parser error, a refused handshake,
+        or a parser that holds."""
+        conn = self.conn
         # After a parser error websockets discards all input: report it and close, unless the
         # socket is already closing (handle_events may have failed the connection itself).
         if conn.parser_exc is not None:
@@ -405,7 +406,8 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         conn = self.conn
         conn.budget = budget
         conn.receive_data(b"")
-        self._parsed()
+        self.handle_events()
+        self._after_events()
         if not reader.hold and self.read_paused and not self.transport.is_closing():
             self.read_paused = False
             self.transport.resume_reading()
