@@ -217,8 +217,9 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     - the parser runs on at most TURN_BUDGET bytes of frames per turn of the event loop
       (FRAME_COST per frame, so empty frames count), and goes on at the next turn;
     - inbound backpressure: while the app has more than ``max_backlog`` bytes of messages
-      waiting (after decompression), the parser holds what was read, still compressed,
-      and the socket is not read; both go on once the app has read what waits;
+      waiting (after decompression, FRAME_COST each), the parser holds what was read,
+      still compressed, and the socket is not read; both go on once the app has read
+      the backlog down to half;
     - a handshake that websockets' parser refuses (a request line or header line too
       long, too many headers, a body) is answered 414, 431 or 400, then closed.
 
