@@ -13,6 +13,9 @@ the suite needs it:
   in the suite; websockets accepts a message of exactly ``max_size`` bytes). The default,
   1 MiB, would close with 1009, and so fail, every case with a larger message: 9.1.4-9.1.6,
   9.2.4-9.2.6, and all of 9.3 and 9.4 (4 MiB messages in fragments).
+- ``max_fragments=65536``: 9.3.1 and 9.4.1 send a 4 MiB message in 64-byte fragments,
+  65,536 frames. The default, 4,096 (websockets' own server stops at the same number),
+  would close both with 1009.
 - ``ping_interval=None``: Autobahn compares every frame the server sends against the case's
   expectation, so a keepalive Ping that happens to fall inside a long case (9.x runs for
   seconds) would be an unexpected event. The keepalive is tested elsewhere.
@@ -26,12 +29,14 @@ import sys
 from nexios import NexiosApp, WebSocket, WebSocketConfig, WebSocketDisconnect
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+MAX_FRAGMENTS = 4 * 1024 * 1024 // 64
 
 app = NexiosApp(
     title="nexios autobahn echo",
     websocket_config=WebSocketConfig(
         compression=True,
         max_message_size=MAX_MESSAGE_SIZE,
+        max_fragments=MAX_FRAGMENTS,
         ping_interval=None,
     ),
 )

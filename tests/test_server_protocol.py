@@ -886,6 +886,7 @@ async def test_reading_pauses_while_the_app_is_behind() -> None:
     scopes: asyncio.Queue[Scope] = asyncio.Queue()
     go = asyncio.Event()
     count = 50
+    size = 65536
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.accept"})
@@ -898,30 +899,34 @@ async def test_reading_pauses_while_the_app_is_behind() -> None:
         await send({"type": "websocket.send", "text": ",".join(texts)})
         await receive()
 
+    backlog = ServerLimits().max_backlog
     async with serve(handler) as url, RawClient(url) as raw:
         protocol = protocol_of(await within(scopes.get()))
-        paused = asyncio.Event()
-        pause_reading = protocol.transport.pause_reading
+        stopped = asyncio.Event()
+        held = protocol._held
 
-        def pause() -> None:
-            pause_reading()
-            paused.set()
+        def spy() -> None:
+            held()
+            if protocol.read_paused and protocol._waiting > backlog:
+                stopped.set()
 
-        protocol.transport.pause_reading = pause  # type: ignore[method-assign]
-        # 50 messages of 64 KiB: more than one read of the socket takes.
+        protocol._held = spy  # type: ignore[method-assign]
+        # 50 messages of 64 KiB, 3.2 MiB: more than the backlog the app may be behind.
         for i in range(count):
-            raw.protocol.send_text(f"{i:<8}".encode() + b"." * 65528)
+            raw.protocol.send_text(f"{i:<8}".encode() + b"." * (size - 8))
         raw.flush()
-        await within(paused.wait())
-        # The app reads nothing yet: the server holds the messages of the reads until
-        # more than one waited; the rest wait in the socket.
+        await within(stopped.wait())
+        # The app reads nothing yet: the server stops reading once the messages waiting
+        # are past max_backlog (by one at most); the rest wait in the socket.
         waiting = len(protocol._inbox.items)
-        assert 2 <= waiting < count
+        cost = size + nexios_server.FRAME_COST
+        assert backlog < waiting * cost <= backlog + cost
         go.set()
         frame = await within(raw.next_event())
         assert isinstance(frame, Frame)
         assert frame.data.decode() == ",".join(str(i) for i in range(count))
         assert not protocol.read_paused
+        assert protocol._waiting == 0
 
 
 async def test_send_takes_any_bytes_like_and_refuses_an_empty_message() -> None:

@@ -16,13 +16,20 @@ import os
 import threading
 import time
 from asyncio.transports import BaseTransport
-from collections import deque
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections import Counter, deque
+from collections.abc import Generator, Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import uvicorn
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import (
+    HeaderLineTooLong,
+    PayloadTooBig,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -31,6 +38,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from nexios._frames import BINARY, TEXT, frame_header
 from nexios.config import ServerLimits
@@ -59,6 +67,14 @@ __all__ = [
 MAX_CONTROL_PAYLOAD: Final = 125
 # Control events waiting for the app, at most; more are dropped (and counted).
 MAX_PENDING_CONTROL: Final = 32
+# What a received frame costs beyond its payload, in bytes, wherever sizes are summed:
+# about the memory of the objects a frame becomes (the parsed frame, then the event
+# waiting for the app). Empty frames are not free.
+FRAME_COST: Final = 256
+# Bytes of frames (payload + FRAME_COST each) parsed from one connection in one turn of
+# the event loop; the rest of a read waits for a later turn, so that one connection's
+# flood of small frames cannot keep the loop from every other connection.
+TURN_BUDGET: Final = 64 * 1024
 
 
 def _deflate_factory() -> ServerPerMessageDeflateFactory:
@@ -70,20 +86,81 @@ def _deflate_factory() -> ServerPerMessageDeflateFactory:
     )
 
 
-class _ServerConnection(ServerProtocol):
-    """websockets' sans-I/O server connection, except for a Close inside a fragmented message.
+class _TooManyFragments(PayloadTooBig):
+    """A message in more frames than ``ServerLimits.max_fragments``. websockets' parser
+    fails the connection with 1009 and ``str()`` of this as the reason."""
 
-    RFC 6455 section 5.4: control frames MAY be injected in the middle of a fragmented
-    message, and a Close is a control frame. websockets treats one that arrives before the
-    final fragment as a protocol error and answers 1002; here it is the peer's closing
-    handshake, as at any other time: the unfinished message is dropped, the Close is echoed
-    (section 5.5.1) and the app hears the peer's code. (Autobahn case 7.1.5.)
+    def __init__(self) -> None:
+        Exception.__init__(self)
+        self.message = "message in too many fragments"
+        self.current_size = None
+
+    def set_current_size(self, current_size: int | None) -> None:
+        pass  # the size is not what is wrong
+
+
+class _Reader(StreamReader):
+    """websockets' stream reader, which can *hold*: while `hold` is set, the parser stops
+    before the next frame, as if no more data had arrived; what was fed stays in
+    ``buffer`` until the protocol lets the parser go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        # websockets' parser asks this before each frame.
+        while True:
+            if self.buffer and not self.hold:
+                return False
+            if self.eof:
+                return True
+            yield
+
+
+class _ServerConnection(ServerProtocol):
+    """websockets' sans-I/O server connection, with a bound on the frames of a message,
+    a parser that stops when the turn's budget is spent, and a Close allowed inside a
+    fragmented message.
+
+    - RFC 6455 section 5.4 puts no bound on the fragments of a message, and websockets'
+      size limit does not count empty ones: past *max_fragments* frames the connection is
+      failed with 1009 (section 7.4.1, "a message that is too big for it to process").
+    - `budget`: bytes (payload + FRAME_COST per frame) the parser may still produce before
+      it holds (`_Reader.hold`); the protocol sets it before each feed.
+    - RFC 6455 section 5.4: control frames MAY be injected in the middle of a fragmented
+      message, and a Close is a control frame. websockets treats one that arrives before
+      the final fragment as a protocol error and answers 1002; here it is the peer's
+      closing handshake, as at any other time: the unfinished message is dropped, the
+      Close is echoed (section 5.5.1) and the app hears the peer's code. (Autobahn case
+      7.1.5.)
     """
 
+    def __init__(self, *, max_fragments: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_fragments = max_fragments
+        self.fragments = 0
+        self.budget = 0  # the protocol sets it before each feed
+        # The reader that can hold; the parser restarts on it (it has read nothing yet).
+        self.reader = _Reader()
+        self.parser = self.parse()
+        next(self.parser)
+
     def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is _CLOSE:
+        opcode = frame.opcode
+        if opcode is _CONT:
+            if self.current_size is not None:
+                self.fragments += 1
+                if self.fragments > self.max_fragments:
+                    raise _TooManyFragments()
+        elif opcode is _CLOSE:
             self.current_size = None
+        elif not frame.fin:  # the first frame of a fragmented message
+            self.fragments = 1
         _recv_frame(self, frame)
+        self.budget -= len(frame.data) + FRAME_COST
+        if self.budget < 0:
+            cast("_Reader", self.reader).hold = True
 
     def accept(self, request: Request) -> Response:
         response = super().accept(request)
@@ -95,7 +172,7 @@ class _ServerConnection(ServerProtocol):
 
 
 _recv_frame = ServerProtocol.recv_frame
-_TEXT, _BINARY, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE
+_TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
 
 
 class _Inbox:
@@ -147,7 +224,26 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
       without waiting for the write buffer to drain, and a socket that is still not closed
       ``ABORT_AFTER`` seconds after it should have been is aborted (asyncio's ``close()``
       waits for the buffer to flush, which a peer with a zero window never allows).
+
+    Against hostile clients (`ServerLimits`):
+
+    - a message in more than ``max_fragments`` frames closes the connection with 1009;
+    - the parser runs on at most TURN_BUDGET bytes of frames per turn of the event loop
+      (FRAME_COST per frame, so empty frames count), and goes on at the next turn;
+    - inbound backpressure: while the app has more than ``max_backlog`` bytes of messages
+      waiting (after decompression, FRAME_COST each), the parser holds what was read,
+      still compressed, and the socket is not read; both go on once the app has read
+      the backlog down to half;
+    - a handshake that websockets' parser refuses (a request line or header line too
+      long, too many headers, a body) is answered 414, 431 or 400, then closed.
+
+    What is refused is counted in `refused` (class-wide, by reason) and logged once per
+    reason.
     """
+
+    # Refusals of hostile input since the process started, by reason.
+    refused: ClassVar[Counter[str]] = Counter()
+    conn: _ServerConnection
 
     def __init__(
         self,
@@ -161,11 +257,22 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         # permessage-deflate available only when the server-wide setting is on. nexios lets
         # the app ask for it per connection, so it must be negotiable at handshake time
         # whatever the setting; the app's accept decides whether the result is kept.
+        limits = limits_of(config)
         self.conn = _ServerConnection(
+            max_fragments=limits.max_fragments,
             extensions=self.conn.available_extensions or [_deflate_factory()],
             max_size=config.ws_max_size,
             logger=self.conn.logger,
         )
+        self._reader = cast("_Reader", self.conn.reader)
+        self._max_backlog = limits.max_backlog
+        self._turn_budget = min(TURN_BUDGET, limits.max_backlog)
+        # Reading resumes once the app has brought the backlog down to this.
+        self._resume_at = limits.max_backlog // 2
+        # Bytes of the messages waiting for the app (text counted in characters), plus
+        # FRAME_COST each.
+        self._waiting = 0
+        self._go_on_scheduled = False
         self._inbox = _Inbox()
         self.queue = cast("asyncio.Queue[ASGIReceiveEvent]", self._inbox)
         self._deflate_offered = False
@@ -229,14 +336,148 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
     # Incoming data
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        reader = self._reader
+        if reader.hold:
+            # The parser is held: the data waits behind what is held.
+            reader.feed_data(data)
+            self._held()
+            return
+        waiting = self._waiting
+        budget = self._turn_budget if not waiting else self._max_backlog - waiting
+        if budget <= 0:
+            reader.feed_data(data)
+            reader.hold = True
+            self._held()
+            return
+        conn = self.conn
+        conn.budget = budget if budget < self._turn_budget else self._turn_budget
+        conn.receive_data(data)
         # Deliver what was parsed before a parser error first, so the app sees the messages
         # that preceded, e.g., an oversized one (uvicorn drops them), then the disconnect.
         self.handle_events()
+        if conn.parser_exc is not None or reader.hold or not self.handshake_initiated:
+            self._after_events()
+
+    def _after_events(self) -> None:
+        """After the events of a feed of the parser: a parser error, a refused handshake,
+        or a parser that holds."""
+        conn = self.conn
         # After a parser error websockets discards all input: report it and close, unless the
         # socket is already closing (handle_events may have failed the connection itself).
-        if self.conn.parser_exc is not None and not self.transport.is_closing():
-            self.handle_parser_exception()
+        if conn.parser_exc is not None:
+            if not self.transport.is_closing():
+                self.handle_parser_exception()
+        elif (
+            not self.handshake_initiated
+            and conn.handshake_exc is not None
+            and not self.transport.is_closing()
+        ):
+            self._refuse_handshake(conn.handshake_exc)
+        elif self._reader.hold:
+            if self._reader.buffer:
+                self._held()
+            else:
+                # The budget ran out on the last frame of the read: nothing waits to be
+                # parsed, and the next read checks the backlog before it is parsed.
+                self._reader.hold = False
+
+    # Inbound flow control
+
+    def _budget(self) -> int:
+        """Bytes of frames the parser may produce now: a turn's worth, and no more than
+        takes the app's backlog past ``max_backlog``."""
+        if self.close_sent:
+            return self._turn_budget  # messages are dropped from now on
+        return min(self._turn_budget, self._max_backlog - self._waiting)
+
+    def _held(self) -> None:
+        """The parser holds unparsed data: stop reading the socket, and go on at the next
+        turn of the loop or, if the app is more than ``max_backlog`` behind, once it has
+        caught up (`receive`)."""
+        if self.transport.is_closing():
+            return
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        if self._budget() > 0:
+            self._go_on_soon()
+
+    def _go_on_soon(self) -> None:
+        if not self._go_on_scheduled:
+            self._go_on_scheduled = True
+            self.loop.call_soon(self._go_on)
+
+    def _go_on(self) -> None:
+        """Parse more of what the parser holds, a turn's budget; resume reading the socket
+        once it is all parsed."""
+        self._go_on_scheduled = False
+        reader = self._reader
+        if not reader.hold or self.transport.is_closing():
+            return
+        budget = self._budget()
+        if budget <= 0:
+            return  # the app is behind: `receive` calls again
+        reader.hold = False
+        conn = self.conn
+        conn.budget = budget
+        conn.receive_data(b"")
+        self.handle_events()
+        self._after_events()
+        if not reader.hold and self.read_paused and not self.transport.is_closing():
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _app_caught_up(self) -> None:
+        """Reading was paused, and the app has caught up (or will read no more)."""
+        if self._reader.hold:
+            self._go_on_soon()
+        else:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # Refusals
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        """Count a refusal; log the first one for each reason."""
+        refused = NexiosWebSocketProtocol.refused
+        if not refused[reason]:
+            self.logger.warning(
+                "Refused a WebSocket client: %s (%s). Further refusals for this reason are "
+                "counted in NexiosWebSocketProtocol.refused, not logged.",
+                reason,
+                detail,
+            )
+        refused[reason] += 1
+
+    def _refuse_handshake(self, exc: Exception) -> None:
+        """Answer a handshake that websockets' parser refused, then close.
+
+        websockets answers some of these itself (recent versions) and only half-closes on
+        the others, and uvicorn writes neither: the client would wait on an open socket.
+        """
+        if isinstance(exc, RequestLineTooLong):
+            # RFC 9110 section 15.5.15: the target is longer than the server will read.
+            status, reason = HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long"
+        elif isinstance(exc, HeaderLineTooLong | TooManyHeaders):
+            # RFC 6585 section 5.
+            status, reason = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large"
+        else:
+            status, reason = HTTPStatus.BAD_REQUEST, "invalid handshake request"
+        cause = exc.__cause__
+        detail = f"{exc}: {cause}" if cause is not None else str(exc)
+        self._refuse(reason, detail)
+        body = f"WebSocket handshake refused, {reason}: {detail}\n".encode()
+        head = [b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())]
+        for name, value in self.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(
+            b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body)
+        )
+        self.conn.data_to_send()  # websockets' own answer, if any: ours replaces it
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def handle_events(self) -> None:
         transport = self.transport
@@ -306,11 +547,14 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
                     inbox.wake()  # woken, then cancelled: pass the event on
                 raise
         message = items.popleft()
-        if self.read_paused and not items:
-            self.read_paused = False
-            self.transport.resume_reading()
         kind: str = message["type"]
-        if kind == "websocket.ping" or kind == "websocket.pong":
+        if kind == "websocket.receive":
+            fields: Any = message
+            data = fields.get("bytes")
+            self._waiting -= FRAME_COST + len(fields["text"] if data is None else data)
+            if self.read_paused and self._waiting <= self._resume_at:
+                self._app_caught_up()
+        elif kind == "websocket.ping" or kind == "websocket.pong":
             self._pending_control -= 1
         return message
 
@@ -326,21 +570,21 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             # until the peer's Close arrives.
             return
         event: ASGIReceiveEvent
+        payload: str | bytes
         if text:
             try:
-                event = {"type": "websocket.receive", "text": bytes(data).decode()}
+                payload = bytes(data).decode()
             except UnicodeDecodeError as exc:
                 self._fail_invalid_text(exc)
                 return
+            event = {"type": "websocket.receive", "text": payload}
         else:
-            event = {"type": "websocket.receive", "bytes": bytes(data)}
-        inbox = self._inbox
-        inbox.put_nowait(event)
-        # Flow control: stop reading the socket while the app is behind by more than one
-        # message (uvicorn pauses after every message; the memory bound is the same order).
-        if len(inbox.items) > 1 and not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+            payload = bytes(data)
+            event = {"type": "websocket.receive", "bytes": payload}
+        # Flow control: the parser's budget keeps this to max_backlog and one frame; past
+        # it, reading stops (`_held`) until `receive` has brought it down.
+        self._waiting += len(payload) + FRAME_COST
+        self._inbox.put_nowait(event)
 
     def _fail_invalid_text(self, exc: UnicodeDecodeError) -> None:
         # RFC 6455 section 8.1: a text message that is not valid UTF-8 fails the connection,
@@ -355,6 +599,8 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_parser_exception(self) -> None:
         # A protocol error, an oversized message or invalid UTF-8 from the peer.
+        if isinstance(self.conn.parser_exc, _TooManyFragments):
+            self._refuse("too many fragments", f"more than {self.conn.max_fragments} frames")
         self._closed_by_server = True
         super().handle_parser_exception()
 
@@ -470,6 +716,9 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
             ):
                 self._settle_extensions(fields)
         await super().send(message)
+        if kind == "websocket.close" and self._reader.hold:
+            # Past its close the app reads nothing: parse on, to the peer's Close.
+            self._go_on_soon()
         if kind == "websocket.http.response.body" and not fields.get("more_body", False):
             # The denial response is complete: that answers the handshake. uvicorn leaves
             # the flag unset and then logs "returned without completing handshake" as an
@@ -495,8 +744,7 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
+            self._app_caught_up()
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     async def _send_control(self, kind: str, message: Mapping[str, Any]) -> None:
