@@ -207,6 +207,14 @@ def test_run_builds_a_uvicorn_config_with_the_nexios_protocol() -> None:
         make_config(NexiosApp(), timeout_graceful_shutdown=3)
 
 
+def test_every_server_limit_is_a_websocket_config_field_with_the_same_default() -> None:
+    import dataclasses
+
+    for field in dataclasses.fields(ServerLimits):
+        assert getattr(WebSocketConfig(), field.name) == field.default, field.name
+    assert WebSocketConfig(max_backlog=5).server_limits() == ServerLimits(max_backlog=5)
+
+
 def test_websocket_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="max_message_size"):
         WebSocketConfig(max_message_size=0)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from nexios._origins import parse_origin
 
@@ -63,6 +64,9 @@ class ServerLimits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1.")
+
+
+_LIMIT_FIELDS: Final = tuple(field.name for field in dataclasses.fields(ServerLimits))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +148,7 @@ class WebSocketConfig:
 
     def server_limits(self) -> ServerLimits:
         """The fields that are `ServerLimits`, as one (what ``app.run`` gives the server)."""
-        return ServerLimits(
-            handshake_timeout=self.handshake_timeout,
-            max_request_line=self.max_request_line,
-            max_headers=self.max_headers,
-            max_header_size=self.max_header_size,
-            max_half_open=self.max_half_open,
-            max_fragments=self.max_fragments,
-            max_backlog=self.max_backlog,
-            shutdown_timeout=self.shutdown_timeout,
-        )
+        return ServerLimits(**{name: getattr(self, name) for name in _LIMIT_FIELDS})
 
     def __post_init__(self) -> None:
         self.server_limits()  # checks the limits
