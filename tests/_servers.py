@@ -1,4 +1,5 @@
-"""Real server processes for tests: ``nexios run MODULE:APP`` on a free port of 127.0.0.1.
+"""Real servers for tests: ``nexios run MODULE:APP`` processes on a free port of 127.0.0.1,
+a raw ASGI app for serving one handler in process, and a bounded poll.
 
 ``AppServer(name, app, directory, env)`` starts the process with ``start(http)`` and
 returns once ``GET /health`` answers 200 (the app must serve it); ``stop()`` sends
@@ -15,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,61 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_DEADLINE = 10.0  # a server answers GET /health within this
 STOP_DEADLINE = 10.0  # a server exits this long after SIGTERM, else it is killed
+
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class RawApp:
+    """A raw ASGI app: lifespan, and each WebSocket goes to ``handler`` after its connect
+    event; what the handler raised is kept in ``errors``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.errors: list[BaseException] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert scope["type"] == "websocket"
+        try:
+            assert (await receive())["type"] == "websocket.connect"
+            await self.handler(scope, receive, send)
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+
+async def poll(
+    condition: Callable[[], Awaitable[bool] | bool],
+    what: str,
+    deadline: float,
+    explain: Callable[[], str] = lambda: "",
+    interval: float = 0.02,
+) -> float:
+    """Check *condition* (sync or async) every *interval* seconds until it holds, for at
+    most *deadline* seconds (then the test fails, saying *what* and *explain()*); the
+    seconds it took."""
+    started = time.monotonic()
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > deadline:
+            pytest.fail(f"Not {what} after {deadline} s.\n{explain()}", pytrace=False)
+        await asyncio.sleep(interval)
 
 
 def in_ci() -> bool:

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from _servers import AppServer, free_port, in_ci
+from _servers import AppServer, free_port, in_ci, poll
 
 pytestmark = pytest.mark.redis
 
@@ -140,16 +140,7 @@ class Cluster:
 
     async def wait(self, condition: Callable[[], Awaitable[bool] | bool], what: str) -> float:
         """Poll *condition* (sync or async) every 10 ms up to DEADLINE; seconds it took."""
-        started = time.monotonic()
-        while True:
-            result = condition()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return time.monotonic() - started
-            if time.monotonic() - started > DEADLINE:
-                pytest.fail(f"Not {what} after {DEADLINE} s.{self.logs()}", pytrace=False)
-            await asyncio.sleep(0.01)
+        return await poll(condition, what, DEADLINE, self.logs, interval=0.01)
 
     async def join(self, server: Server, room: str, name: str) -> Member:
         """Connect to ``/rooms/{room}``; return once the "joined" message arrived."""

@@ -19,22 +19,18 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.asyncio.client import connect
 
+from _servers import RawApp as App
+from _servers import Receive, Scope, Send
 from conftest import LiveServer, run_live_server
 from nexios.config import ServerLimits
 from nexios.server import NexiosWebSocketProtocol
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TIMEOUT = 5.0
 MIB = 1 << 20
@@ -67,26 +63,6 @@ def masked(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: bool = 
     else:
         head = struct.pack("!BBQ", first, 0x80 | 127, length)
     return head + b"\0\0\0\0" + payload
-
-
-class App:
-    """A raw ASGI app: lifespan, and each WebSocket to ``handler`` after its connect."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        assert scope["type"] == "websocket"
-        assert (await receive())["type"] == "websocket.connect"
-        await self.handler(scope, receive, send)
 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:

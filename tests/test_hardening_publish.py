@@ -28,7 +28,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from _servers import AppServer, in_ci
+from _servers import AppServer, in_ci, poll
 
 APP = "tests.publish_app:app"
 DEADLINE = 10.0  # any wait for something that must happen
@@ -112,16 +112,7 @@ async def members_joined(setup: Flooded) -> bool:
 
 async def wait_for(condition: Any, what: str, log: Any = None) -> float:
     """Poll *condition* (sync or async) every 20 ms up to DEADLINE; seconds it took."""
-    started = time.monotonic()
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > DEADLINE:
-            pytest.fail(f"Not {what} after {DEADLINE} s.\n{log() if log else ''}", pytrace=False)
-        await asyncio.sleep(0.02)
+    return await poll(condition, what, DEADLINE, log or (lambda: ""))
 
 
 async def start_flood(server: AppServer, count: int) -> ClientConnection:

@@ -13,7 +13,7 @@ import contextlib
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -30,48 +30,19 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from _servers import Handler, Message, Receive, Scope, Send
+from _servers import RawApp as App
 from nexios import server as nexios_server
 from nexios._frames import frame_header
 from nexios._http_protocol import NexiosH11Protocol, NexiosHttpToolsProtocol
 from nexios.config import ServerLimits
 from nexios.server import NexiosWebSocketProtocol, make_config
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 TIMEOUT = 5.0
 
 
 async def within(awaitable: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(awaitable, TIMEOUT)
-
-
-class App:
-    """A raw ASGI app: lifespan, and each WebSocket goes to ``handler`` after its connect event."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.errors: list[BaseException] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        assert scope["type"] == "websocket"
-        try:
-            assert (await receive())["type"] == "websocket.connect"
-            await self.handler(scope, receive, send)
-        except BaseException as exc:
-            self.errors.append(exc)
-            raise
 
 
 @contextlib.asynccontextmanager
