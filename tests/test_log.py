@@ -1,21 +1,45 @@
 """``nexios.channels.log``: positions, the per-group log and the registry of logs.
 
-Sans-I/O, so plain synchronous tests. Each test reads as what a user of the log would
-notice: a client's position written out and read back, hostile input refused with a
-message that says what to send.
+Sans-I/O, so plain synchronous tests: time is whatever ``now`` a test passes, exact.
+Each test reads as what a user of the log would notice: a client's position read back,
+a recovery that is whole or refused with its reason, a cursor reading the right entry,
+memory that stays bounded. A hypothesis test runs random appends, trims and recoveries
+against a plain model of the bounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import tracemalloc
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nexios.channels.log import MAX_OFFSET, Position
+from nexios.channels.log import (
+    MAX_OFFSET,
+    Bounds,
+    Entry,
+    GroupLog,
+    PayloadKind,
+    Position,
+)
 
 FORMS = ("Position", '{"epoch": str, "offset": int}', '"<offset>:<epoch>"')
+
+
+def filled(n: int, *, epoch: str = "ep", body: bytes = b"m", **bounds: Any) -> GroupLog:
+    log = GroupLog(epoch, Bounds(**bounds))
+    for i in range(n):
+        log.append("bytes", body, float(i))
+    return log
+
+
+def offsets(entries: Any) -> list[int]:
+    return [e.offset for e in entries]
 
 
 # -- Position ---------------------------------------------------------------------------
@@ -161,3 +185,354 @@ def test_position_is_an_immutable_hashable_value() -> None:
         position.offset = 2  # type: ignore[misc]
     assert {position: "seen"}[Position("e", 1)] == "seen"
     assert not hasattr(position, "__dict__")
+
+
+# -- Bounds -----------------------------------------------------------------------------
+
+
+def test_bounds_default_to_1000_messages_8_mib_and_five_minutes() -> None:
+    assert Bounds() == Bounds(max_count=1000, max_bytes=8 * 1024 * 1024, max_age=300.0)
+
+
+def test_bounds_need_count_or_bytes_and_say_which_to_set() -> None:
+    with pytest.raises(ValueError, match=r"set max_count=\.\.\. or max_bytes=\.\.\."):
+        Bounds(max_count=None, max_bytes=None)
+    assert Bounds(max_count=None, max_age=None).max_bytes == 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("bounds", "match"),
+    [
+        ({"max_count": 0}, "max_count=0: use an int of at least 1"),
+        ({"max_count": -5}, "max_count=-5"),
+        ({"max_count": True}, "max_count=True"),
+        ({"max_count": 1.5}, "max_count=1.5"),
+        ({"max_bytes": 0}, "max_bytes=0: use an int of at least 1"),
+        ({"max_bytes": "8MiB"}, "max_bytes='8MiB'"),
+        ({"max_age": 0}, "max_age=0: use a positive number of seconds"),
+        ({"max_age": -1.0}, "max_age=-1.0"),
+        ({"max_age": math.nan}, "max_age=nan"),
+        ({"max_age": math.inf}, "max_age=inf"),
+        ({"max_age": "300"}, "max_age='300'"),
+    ],
+)
+def test_bounds_refuse_bad_values_naming_the_fix(bounds: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Bounds(**bounds)
+
+
+def test_a_log_refuses_an_epoch_a_client_could_not_send_back() -> None:
+    with pytest.raises(ValueError, match="epoch 'a b' is not valid: use 1 to 64 characters"):
+        GroupLog("a b")
+
+
+# -- GroupLog: append and since ---------------------------------------------------------
+
+
+def test_an_empty_log_is_at_offset_zero_and_covers_exactly_that() -> None:
+    log = GroupLog("ep")
+    assert log.top == Position("ep", 0)
+    assert (len(log), log.first, log.nbytes) == (0, 1, 0)
+    whole = log.since(Position("ep", 0), now=0.0)
+    assert (whole.recovered, list(whole.entries), whole.reason) == (True, [], None)
+    ahead = log.since(Position("ep", 1), now=0.0)
+    assert (ahead.recovered, ahead.reason, ahead.top) == (False, "future", Position("ep", 0))
+    assert log.entry(0) is None
+    assert log.entry(1) is None
+    assert log.after(0) == []
+
+
+def test_append_numbers_messages_from_one_and_keeps_what_the_layer_encoded() -> None:
+    log = GroupLog("ep")
+    kinds: list[PayloadKind] = ["json", "text", "bytes"]
+    positions = [log.append(kind, kind.encode(), now=10.0 + i) for i, kind in enumerate(kinds)]
+    assert positions == [Position("ep", 1), Position("ep", 2), Position("ep", 3)]
+    assert log.top == positions[-1]
+    assert list(log) == [
+        Entry(1, "json", b"json", 10.0),
+        Entry(2, "text", b"text", 11.0),
+        Entry(3, "bytes", b"bytes", 12.0),
+    ]
+    assert log.nbytes == len(b"jsontextbytes")
+
+
+def test_since_returns_every_entry_after_the_position() -> None:
+    log = filled(5)
+    assert offsets(log.since(Position("ep", 0), now=5.0).entries) == [1, 2, 3, 4, 5]
+    assert offsets(log.since(Position("ep", 3), now=5.0).entries) == [4, 5]
+    assert offsets(log.since(Position("ep", 4), now=5.0).entries) == [5]
+    at_top = log.since(Position("ep", 5), now=5.0)
+    assert (at_top.recovered, list(at_top.entries), at_top.top) == (True, [], Position("ep", 5))
+    past = log.since(Position("ep", 6), now=5.0)
+    assert (past.recovered, past.reason, list(past.entries)) == (False, "future", [])
+
+
+def test_since_refuses_a_position_of_another_epoch_even_in_range() -> None:
+    log = filled(5)
+    for offset in (0, 3, 5):
+        answer = log.since(Position("an-old-epoch", offset), now=5.0)
+        assert (answer.recovered, answer.reason, list(answer.entries)) == (False, "epoch", [])
+        assert answer.top == Position("ep", 5)  # where the client starts over
+
+
+def test_trimmed_by_count_the_log_keeps_the_newest_and_refuses_older_positions() -> None:
+    log = filled(5, max_count=3)
+    assert (len(log), log.first) == (3, 3)
+    assert log.since(Position("ep", 0), now=5.0).reason == "trimmed"
+    assert log.since(Position("ep", 1), now=5.0).reason == "trimmed"
+    assert offsets(log.since(Position("ep", 2), now=5.0).entries) == [3, 4, 5]
+
+
+def test_trimmed_by_bytes_the_log_holds_at_most_max_bytes_of_payload() -> None:
+    log = GroupLog("ep", Bounds(max_count=None, max_bytes=10, max_age=None))
+    for _ in range(4):
+        log.append("bytes", b"1234", now=0.0)  # 4 bytes each: two fit in 10
+    assert (len(log), log.nbytes, log.first) == (2, 8, 3)
+    assert log.since(Position("ep", 1), now=0.0).reason == "trimmed"
+    assert offsets(log.since(Position("ep", 2), now=0.0).entries) == [3, 4]
+    log.append("bytes", b"12", now=0.0)
+    assert (len(log), log.nbytes) == (3, 10)  # exactly max_bytes is within the bound
+
+
+def test_a_message_larger_than_max_bytes_is_kept_alone_until_the_next() -> None:
+    log = GroupLog("ep", Bounds(max_count=None, max_bytes=10, max_age=None))
+    log.append("bytes", b"small", now=0.0)
+    log.append("bytes", b"x" * 50, now=0.0)
+    assert offsets(log) == [2]  # a member that just missed it can still read it
+    assert log.nbytes == 50
+    log.append("bytes", b"small", now=0.0)
+    assert offsets(log) == [3]
+    assert log.nbytes == 5
+
+
+def test_trimmed_by_age_an_entry_lives_exactly_max_age_seconds() -> None:
+    log = GroupLog("ep", Bounds(max_age=10.0))
+    log.append("text", b"a", now=100.0)
+    log.append("text", b"b", now=105.0)
+    almost = log.since(Position("ep", 0), now=109.999)
+    assert offsets(almost.entries) == [1, 2]
+    expired = log.since(Position("ep", 0), now=110.0)  # 1 was appended 10 s ago: gone
+    assert (expired.recovered, expired.reason) == (False, "trimmed")
+    assert offsets(log.since(Position("ep", 1), now=110.0).entries) == [2]
+
+
+def test_a_log_whose_entries_all_expired_still_knows_nothing_was_missed() -> None:
+    log = filled(3, max_age=5.0)  # appended at 0, 1, 2
+    assert log.trim(now=100.0) == 3
+    assert (len(log), log.nbytes, log.first, log.top.offset) == (0, 0, 4, 3)
+    caught_up = log.since(Position("ep", 3), now=100.0)
+    assert (caught_up.recovered, list(caught_up.entries)) == (True, [])
+    assert log.since(Position("ep", 2), now=100.0).reason == "trimmed"
+    assert log.append("text", b"next", now=100.0) == Position("ep", 4)
+
+
+def test_append_trims_by_age_so_a_quiet_reader_is_not_needed() -> None:
+    log = GroupLog("ep", Bounds(max_age=10.0))
+    for second in range(100):
+        log.append("text", b"tick", now=float(second))
+    assert offsets(log) == list(range(91, 101))  # the last 10 seconds
+
+
+def test_a_clock_that_steps_back_does_not_reorder_or_keep_entries_forever() -> None:
+    log = GroupLog("ep", Bounds(max_age=10.0))
+    log.append("text", b"a", now=50.0)
+    log.append("text", b"b", now=20.0)  # the caller's clock went back
+    assert [e.time for e in log] == [50.0, 50.0]
+    assert log.trim(now=60.0) == 2
+
+
+def test_trim_without_an_age_bound_drops_nothing() -> None:
+    log = filled(5, max_age=None)
+    assert log.trim(now=1e9) == 0
+    assert len(log) == 5
+
+
+def test_since_hands_out_a_copy_later_appends_do_not_change() -> None:
+    log = filled(3, max_count=3)
+    got = log.since(Position("ep", 0), now=3.0).entries
+    for i in range(10):
+        log.append("text", b"later", now=3.0 + i)
+    assert offsets(got) == [1, 2, 3]
+
+
+def test_new_bounds_apply_at_once() -> None:
+    log = filled(10)
+    log.bounds = Bounds(max_count=4)
+    assert (len(log), log.first) == (4, 7)
+    log.bounds = Bounds(max_count=None, max_bytes=2)
+    assert offsets(log) == [9, 10]
+
+
+# -- GroupLog: cursors ------------------------------------------------------------------
+
+
+def test_a_cursor_reads_every_held_offset_across_many_trims() -> None:
+    log = filled(10_000, max_count=100)
+    assert (log.first, log.top.offset) == (9_901, 10_000)
+    for offset in range(log.first, 10_001):
+        entry = log.entry(offset)
+        assert entry is not None
+        assert entry.offset == offset
+    assert log.entry(log.first - 1) is None  # fell off
+    assert log.entry(10_001) is None  # not yet
+    assert log.entry(-1) is None
+
+
+def test_a_cursor_reads_in_batches_and_knows_when_it_fell_off() -> None:
+    log = filled(10, max_count=5)  # holds 6..10
+    assert offsets(log.after(5, limit=2) or []) == [6, 7]
+    assert offsets(log.after(7, limit=100) or []) == [8, 9, 10]
+    assert offsets(log.after(7) or []) == [8, 9, 10]
+    assert log.after(10) == []  # caught up
+    assert log.after(8, limit=0) == []
+    assert log.after(4) is None  # 5 is gone: the member fell off the log
+    assert log.after(11) is None  # beyond the top
+    assert log.after(-1) is None
+
+
+def test_a_cursor_sees_new_entries_as_they_come() -> None:
+    log = GroupLog("ep", Bounds(max_count=3))
+    cursor = log.top.offset
+    seen: list[bytes] = []
+    for i in range(10):
+        log.append("text", str(i).encode(), now=0.0)
+        if i % 2:  # reads every other append, one entry at a time
+            while (entry := log.entry(cursor + 1)) is not None:
+                seen.append(entry.body)
+                cursor = entry.offset
+    assert seen == [str(i).encode() for i in range(10)]
+
+
+# -- memory ----------------------------------------------------------------------------
+
+
+def test_a_million_appends_to_a_log_bounded_at_1000_hold_1000() -> None:
+    log = GroupLog("ep", Bounds(max_count=1000, max_age=None))
+    body = b'{"n": 1}'
+    for _ in range(1_000_000):
+        log.append("json", body, 0.0)
+    assert (len(log), log.first, log.top.offset) == (1000, 999_001, 1_000_000)
+    assert log.nbytes == 1000 * len(body)
+    assert offsets(log.after(999_998) or []) == [999_999, 1_000_000]
+
+
+def test_a_log_bounded_by_bytes_alone_holds_what_fits() -> None:
+    log = GroupLog("ep", Bounds(max_count=None, max_bytes=1000, max_age=None))
+    for _ in range(200_000):
+        log.append("bytes", b"0123456789", 0.0)
+    assert (len(log), log.nbytes) == (100, 1000)
+
+
+def test_a_bounded_log_stops_growing_in_memory() -> None:
+    log = GroupLog("ep", Bounds(max_count=1000, max_age=None))
+    body = b"shared"
+    tracemalloc.start()
+    try:
+        for _ in range(5_000):
+            log.append("bytes", body, 0.0)
+        settled = tracemalloc.get_traced_memory()[0]
+        for _ in range(50_000):
+            log.append("bytes", body, 0.0)
+        later = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # 1,000 entries take ~100 kB; ten times the appends must not take more.
+    assert later - settled < 40_000
+
+
+# -- a model of the bounds --------------------------------------------------------------
+
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(-2, 8), st.integers(0, 12)),
+        st.tuples(st.just("trim"), st.integers(-2, 8), st.just(0)),
+        st.tuples(st.just("since"), st.integers(-2, 8), st.integers(0, 40)),
+        st.tuples(st.just("other-epoch"), st.integers(0, 5), st.integers(0, 40)),
+        st.tuples(st.just("after"), st.integers(-2, 40), st.integers(0, 5)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bounds=st.tuples(
+        st.one_of(st.none(), st.integers(1, 8)),
+        st.one_of(st.none(), st.integers(1, 40)),
+        st.one_of(st.none(), st.integers(1, 10).map(float)),
+    ).filter(lambda b: b[0] is not None or b[1] is not None),
+    ops=_ops,
+)
+def test_the_log_agrees_with_a_plain_model(
+    bounds: tuple[int | None, int | None, float | None], ops: list[tuple[str, int, int]]
+) -> None:
+    """Random appends, trims, recoveries and cursor reads against a model that keeps
+    every message ever appended and works out, from the bounds alone, which the log must
+    still hold: a recovery is whole exactly when the model holds everything after the
+    position, and then returns exactly that; otherwise it gives the right reason."""
+    max_count, max_bytes, max_age = bounds
+    log = GroupLog("ep", Bounds(max_count, max_bytes, max_age))
+    history: list[tuple[int, bytes, float]] = []  # (offset, body, time), all ever
+    first = 1  # the model's oldest held offset
+    now = 0.0
+
+    def expire(at: float) -> None:
+        nonlocal first
+        if max_age is not None:
+            while first <= len(history) and history[first - 1][2] <= at - max_age:
+                first += 1
+
+    def held() -> list[tuple[int, bytes, float]]:
+        return history[first - 1 :]
+
+    for op, a, b in ops:
+        if op == "append":
+            now += a
+            body = b"x" * b
+            at = now
+            if held() and at < held()[-1][2]:
+                at = held()[-1][2]
+            assert log.append("bytes", body, now) == Position("ep", len(history) + 1)
+            history.append((len(history) + 1, body, at))
+            if max_count is not None:
+                first = max(first, len(history) - max_count + 1)
+            if max_bytes is not None:
+                while sum(len(e[1]) for e in held()) > max_bytes and len(held()) > 1:
+                    first += 1
+            expire(at)
+        elif op == "trim":
+            now += a
+            before = first
+            expire(now)
+            assert log.trim(now) == first - before
+        elif op == "since":
+            now += a
+            expire(now)
+            answer = log.since(Position("ep", b), now)
+            top = len(history)
+            if b > top:
+                assert (answer.recovered, answer.reason) == (False, "future")
+            elif b < first - 1:
+                assert (answer.recovered, answer.reason) == (False, "trimmed")
+            else:
+                assert answer.recovered
+                assert offsets(answer.entries) == list(range(b + 1, top + 1))
+        elif op == "other-epoch":
+            now += a
+            expire(now)
+            answer = log.since(Position("other", b), now)
+            assert (answer.recovered, answer.reason) == (False, "epoch")
+        else:  # a cursor read, which does not trim
+            got = log.after(a, limit=b)
+            if a < first - 1 or a > len(history):
+                assert got is None
+            else:
+                assert offsets(got or []) == list(range(a + 1, min(a + b, len(history)) + 1))
+        assert log.top == Position("ep", len(history))
+        assert (log.first, len(log)) == (first, len(held()))
+        assert log.nbytes == sum(len(e[1]) for e in held())
+        assert [(e.offset, e.body, e.time) for e in log] == held()
+        for offset in range(first - 2, len(history) + 2):
+            entry = log.entry(offset)
+            assert (entry is not None) == (first <= offset <= len(history))

@@ -1,8 +1,9 @@
 """Positions and the per-group log: what a group recently said, and where each reader is.
 
-Sans-I/O: no sockets, no awaits, no clock. Nothing in here does I/O, so it is
-unit-tested on its own, and the layer, the registry's cursors and a future Redis-backed
-log share its vocabulary.
+Sans-I/O: no sockets, no awaits, no clock. Every method that needs the time takes it
+as ``now`` (see *Time* below). Nothing in here does I/O, so it is unit-tested on its
+own, and the layer, the registry's cursors and a future Redis-backed log share its
+vocabulary.
 
 **Positions.** Every message appended to a group's log gets the next *offset* (the first
 is 1; a log with no message is at 0). The *epoch* names the stream those offsets count
@@ -19,15 +20,41 @@ the whole string needs no escaping in JSON, and none in a URL query or path (RFC
 allows ``:`` there, and a string that starts with a digit cannot be read as a URL
 scheme). Offsets are at most 2**53 - 1 (`MAX_OFFSET`) so that the dict form
 ``{"epoch": ..., "offset": ...}`` survives a JavaScript client's numbers.
+
+**Time.** `Entry.time` is the ``now`` passed to `GroupLog.append`, which the layer is to
+read from ``time.monotonic()``, because it only serves to expire entries by age, and a
+wall clock that steps (NTP, an operator) would expire a whole log at once or keep
+it forever. A caller that wants a wall-clock timestamp for display converts once
+(``time.time() - time.monotonic() + entry.time``). A log keeps its times non-decreasing:
+an append whose ``now`` is earlier than the last one is recorded at the last one's time.
+
+**Bounds.** A `GroupLog` holds at most ``max_count`` entries and ``max_bytes`` of payload
+(``len(body)`` summed; the newest entry is always kept, even when it alone is larger),
+and drops entries ``max_age`` seconds after they were appended. A reader (a recovering
+client, or a member's cursor) that asks for an offset the log no longer holds is told
+so, never handed a partial history as if it were whole.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-__all__ = ["MAX_OFFSET", "Position"]
+__all__ = [
+    "MAX_OFFSET",
+    "Bounds",
+    "Entry",
+    "GroupLog",
+    "NotCovered",
+    "PayloadKind",
+    "Position",
+    "Recovery",
+]
+
+PayloadKind = Literal["json", "text", "bytes"]
+NotCovered = Literal["epoch", "trimmed", "future"]
 
 #: The largest offset a position may carry: 2**53 - 1, the largest integer a JavaScript
 #: number holds exactly (a log appending a million messages a second reaches it in 285
@@ -155,3 +182,254 @@ class Position:
             return NotImplemented
         self._same_epoch(other)
         return self.offset >= other.offset
+
+
+class Entry(NamedTuple):
+    """One logged message: its offset (the epoch is its log's), the payload as the layer
+    encoded it once (``kind`` "json", "text" or "bytes", and ``body``), and ``time``, the
+    monotonic ``now`` it was appended at. Immutable, shared by every reader."""
+
+    offset: int
+    kind: PayloadKind
+    body: bytes
+    time: float
+
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How much a log keeps: at most ``max_count`` entries, ``max_bytes`` of payload,
+    each for ``max_age`` seconds. ``None`` lifts a bound; count or bytes must bound it."""
+
+    max_count: int | None = 1000
+    max_bytes: int | None = 8 * 1024 * 1024
+    max_age: float | None = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_count", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"{name}={value!r}: use an int of at least 1, or None")
+        age = self.max_age
+        if age is not None and (
+            isinstance(age, bool) or not isinstance(age, int | float) or not 0 < age < 1e12
+        ):
+            raise ValueError(f"max_age={age!r}: use a positive number of seconds, or None")
+        if self.max_count is None and self.max_bytes is None:
+            raise ValueError(
+                "max_count=None and max_bytes=None leave the log unbounded: "
+                "set max_count=... or max_bytes=... (or both)"
+            )
+
+    def replace(
+        self,
+        *,
+        max_count: int | None = _UNSET,
+        max_bytes: int | None = _UNSET,
+        max_age: float | None = _UNSET,
+    ) -> Bounds:
+        """These bounds with the given ones changed (the others kept), checked."""
+        return Bounds(
+            self.max_count if max_count is _UNSET else max_count,
+            self.max_bytes if max_bytes is _UNSET else max_bytes,
+            self.max_age if max_age is _UNSET else max_age,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """The answer to `GroupLog.since`: either every entry after the reader's position
+    (``recovered`` True, ``reason`` None, possibly no entry at all), or none of them
+    (``recovered`` False) with ``reason``:
+
+    - ``"epoch"``: the position is of another epoch: the stream it counted in is gone;
+    - ``"trimmed"``: the log no longer reaches back to the entry after the position;
+    - ``"future"``: the offset is beyond the top (this log never got that far).
+
+    ``top`` is the log's last position either way: where the reader now stands once it
+    has the entries (or, not recovered, where it starts over).
+    """
+
+    recovered: bool
+    entries: Sequence[Entry]
+    top: Position
+    reason: NotCovered | None = None
+
+
+class GroupLog:
+    """One group's recent messages, in memory, bounded by count, bytes and age.
+
+    Entries sit in a list from index ``_head`` on; the entry at offset ``o`` is at index
+    ``_head + o - first``, so reading any offset is O(1). Dropping the oldest entry
+    clears its slot and moves ``_head``; the dead slots are cut off in one slice once
+    they are as many as the live ones (and at least 64), so appending and dropping are
+    O(1) amortised and the list holds at most about twice the live entries.
+    """
+
+    __slots__ = ("_bounds", "_bytes", "_head", "_items", "_top", "epoch")
+
+    def __init__(self, epoch: str, bounds: Bounds | None = None) -> None:
+        self.epoch: str = _check_epoch(epoch)
+        self._bounds = bounds if bounds is not None else Bounds()
+        self._items: list[Entry | None] = []
+        self._head = 0
+        self._bytes = 0
+        self._top = Position(epoch, 0)
+
+    # -- looking ------------------------------------------------------------------------
+
+    @property
+    def bounds(self) -> Bounds:
+        """The log's bounds. Setting new ones applies count and bytes at once, and age
+        at the next `append`, `trim` or `since`."""
+        return self._bounds
+
+    @bounds.setter
+    def bounds(self, bounds: Bounds) -> None:
+        self._bounds = bounds
+        self._drop_over()
+
+    @property
+    def top(self) -> Position:
+        """The last position (offset 0 before any append). O(1), no allocation."""
+        return self._top
+
+    @property
+    def first(self) -> int:
+        """The offset of the oldest entry held; ``top.offset + 1`` when none is. A reader
+        whose last offset is below ``first - 1`` has fallen off the log. O(1)."""
+        return self._top.offset - (len(self._items) - self._head) + 1
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes held (the sum of ``len(body)``). O(1)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        """Entries held. O(1)."""
+        return len(self._items) - self._head
+
+    def __iter__(self) -> Iterator[Entry]:
+        """The entries held, oldest first."""
+        return iter(self._items[self._head :])  # type: ignore[arg-type]  # live slots
+
+    def __repr__(self) -> str:
+        return f"<GroupLog {self._top} first={self.first} len={len(self)} bytes={self._bytes}>"
+
+    def entry(self, offset: int) -> Entry | None:
+        """The entry at ``offset``, or None when the log does not hold it (trimmed, not
+        yet appended, or 0). O(1), no allocation."""
+        index = offset - self.first
+        if index < 0 or offset > self._top.offset:
+            return None
+        return self._items[self._head + index]
+
+    def after(self, offset: int, limit: int | None = None) -> list[Entry] | None:
+        """Up to ``limit`` entries after ``offset`` (all of them for None), oldest first:
+        what a cursor that has seen ``offset`` reads next. ``[]`` when it is at the top;
+        None when the log cannot continue from ``offset``: the next entry was trimmed
+        (the reader fell off the log) or ``offset`` is beyond the top. O(k) for the k
+        entries returned; the rest of the log is not copied."""
+        first = self.first
+        if offset < first - 1 or offset > self._top.offset:
+            return None
+        start = self._head + offset + 1 - first
+        end = len(self._items) if limit is None else start + max(limit, 0)
+        return self._items[start:end]  # type: ignore[return-value]  # live slots only
+
+    def since(self, position: Position, now: float) -> Recovery:
+        """Everything after ``position``, or why not: the recovery of a client that
+        comes back with the last position it saw. Drops expired entries first, so an
+        entry older than ``max_age`` is never recovered. O(k) for k entries returned."""
+        self.trim(now)
+        top = self._top
+        if position.epoch != self.epoch:
+            return Recovery(False, (), top, "epoch")
+        if position.offset > top.offset:
+            return Recovery(False, (), top, "future")
+        entries = self.after(position.offset)
+        if entries is None:
+            return Recovery(False, (), top, "trimmed")
+        return Recovery(True, entries, top)
+
+    # -- changing -----------------------------------------------------------------------
+
+    def append(self, kind: PayloadKind, body: bytes, now: float) -> Position:
+        """Log a message (``kind`` and ``body`` as the layer encoded it) appended at
+        ``now``; return its position. Drops what the bounds no longer allow, oldest
+        first (never the new entry). O(1) amortised; allocates one `Entry` and one
+        `Position`."""
+        items = self._items
+        if len(items) > self._head:
+            last = items[-1]
+            if last is not None and now < last.time:
+                now = last.time  # times stay ordered: trimming by age reads the head
+        offset = self._top.offset + 1
+        items.append(_new_entry(Entry, (offset, kind, body, now)))
+        self._bytes += len(body)
+        # Built without __post_init__: the epoch was checked once, the offset is ours.
+        self._top = top = _new_position(Position)
+        _set(top, "epoch", self.epoch)
+        _set(top, "offset", offset)
+        bounds = self._bounds
+        if (bounds.max_count is not None and len(items) - self._head > bounds.max_count) or (
+            bounds.max_bytes is not None and self._bytes > bounds.max_bytes
+        ):
+            self._drop_over()
+        if bounds.max_age is not None:
+            oldest = items[self._head]
+            if oldest is not None and oldest.time <= now - bounds.max_age:
+                self.trim(now)
+        return top
+
+    def trim(self, now: float) -> int:
+        """Drop the entries older than ``max_age`` at ``now`` (appended at or before
+        ``now - max_age``); return how many. O(1) amortised per entry dropped."""
+        max_age = self._bounds.max_age
+        if max_age is None:
+            return 0
+        cutoff = now - max_age
+        items = self._items
+        dropped = 0
+        while self._head < len(items):
+            oldest = items[self._head]
+            if oldest is None or oldest.time > cutoff:
+                break
+            self._drop_oldest()
+            dropped += 1
+        self._compact()
+        return dropped
+
+    def _drop_over(self) -> None:
+        """Drop the oldest entries until count and bytes are within bounds, keeping the
+        newest entry whatever its size."""
+        bounds = self._bounds
+        items = self._items
+        if bounds.max_count is not None:
+            while len(items) - self._head > bounds.max_count:
+                self._drop_oldest()
+        if bounds.max_bytes is not None:
+            while self._bytes > bounds.max_bytes and len(items) - self._head > 1:
+                self._drop_oldest()
+        self._compact()
+
+    def _drop_oldest(self) -> None:
+        items = self._items
+        oldest = items[self._head]
+        if oldest is not None:
+            self._bytes -= len(oldest.body)
+        items[self._head] = None
+        self._head += 1
+
+    def _compact(self) -> None:
+        head = self._head
+        if head >= 64 and head * 2 >= len(self._items):
+            del self._items[:head]
+            self._head = 0
+
+
+_new_entry = tuple.__new__
+_new_position = object.__new__
+_set = object.__setattr__
