@@ -24,11 +24,24 @@ from nexios.channels.log import (
     Bounds,
     Entry,
     GroupLog,
+    Logs,
     PayloadKind,
     Position,
 )
 
 FORMS = ("Position", '{"epoch": str, "offset": int}', '"<offset>:<epoch>"')
+
+
+def counter_epochs() -> Any:
+    """Deterministic epochs for `Logs`: e1, e2, ..."""
+    count = 0
+
+    def new_epoch() -> str:
+        nonlocal count
+        count += 1
+        return f"e{count}"
+
+    return new_epoch
 
 
 def filled(n: int, *, epoch: str = "ep", body: bytes = b"m", **bounds: Any) -> GroupLog:
@@ -438,6 +451,144 @@ def test_a_bounded_log_stops_growing_in_memory() -> None:
         tracemalloc.stop()
     # 1,000 entries take ~100 kB; ten times the appends must not take more.
     assert later - settled < 40_000
+
+
+# -- Logs -------------------------------------------------------------------------------
+
+
+def test_logs_create_a_group_log_on_first_append_each_with_its_own_epoch() -> None:
+    logs = Logs(new_epoch=counter_epochs())
+    assert logs.get("a") is None
+    assert logs.append("a", "text", b"hi", now=0.0) == Position("e1", 1)
+    assert logs.append("b", "text", b"hi", now=0.0) == Position("e2", 1)
+    assert logs.append("a", "text", b"again", now=0.0) == Position("e1", 2)
+    assert len(logs) == 2
+    assert "a" in logs
+    log = logs.get("a")
+    assert log is not None
+    assert offsets(log) == [1, 2]
+
+
+def test_default_epochs_differ_between_logs_and_between_processes() -> None:
+    one, other = Logs(), Logs()  # as two process starts would
+    epochs = {one.log(g, 0.0).epoch for g in "abc"} | {other.log(g, 0.0).epoch for g in "abc"}
+    assert len(epochs) == 6
+    for epoch in epochs:
+        assert Position.parse(f"1:{epoch}").epoch == epoch
+
+
+def test_a_client_new_to_a_group_learns_a_position_to_come_back_with() -> None:
+    logs = Logs(new_epoch=counter_epochs())
+    first = logs.since("room", Position("from-another-process", 12), now=0.0)
+    assert (first.recovered, first.reason, first.top) == (False, "epoch", Position("e1", 0))
+    logs.append("room", "text", b"while away", now=1.0)
+    back = logs.since("room", first.top, now=2.0)
+    assert back.recovered
+    assert [e.body for e in back.entries] == [b"while away"]
+
+
+def test_logs_apply_app_wide_bounds_and_per_group_overrides() -> None:
+    logs = Logs(max_count=3, max_age=None)
+    assert logs.configure("firehose", max_count=1000) == Bounds(max_count=1000, max_age=None)
+    for _ in range(10):
+        logs.append("firehose", "text", b"x", now=0.0)
+        logs.append("chat", "text", b"x", now=0.0)
+    assert len(logs.get("firehose") or ()) == 10
+    assert len(logs.get("chat") or ()) == 3
+    assert logs.bounds("chat") == Bounds(max_count=3, max_age=None)
+
+
+def test_an_override_applies_to_an_existing_log_at_once_and_can_be_dropped() -> None:
+    logs = Logs(max_count=5, max_age=None)
+    for _ in range(5):
+        logs.append("room", "text", b"x", now=0.0)
+    logs.configure("room", max_count=2)
+    assert offsets(logs.get("room") or ()) == [4, 5]
+    assert logs.configure("room") == logs.defaults  # nothing given: back to the defaults
+    for _ in range(5):
+        logs.append("room", "text", b"x", now=0.0)
+    assert len(logs.get("room") or ()) == 5
+
+
+def test_an_override_outlives_the_log_it_was_set_on() -> None:
+    logs = Logs(max_count=5, max_age=10.0, forget_after=0.0)
+    logs.configure("room", max_count=2)
+    logs.append("room", "text", b"x", now=0.0)
+    assert logs.sweep(now=100.0) == 1
+    for _ in range(5):
+        logs.append("room", "text", b"x", now=100.0)
+    assert len(logs.get("room") or ()) == 2
+
+
+def test_an_override_keeps_the_defaults_it_does_not_name() -> None:
+    logs = Logs(max_count=10, max_bytes=100, max_age=60.0)
+    assert logs.configure("g", max_age=None) == Bounds(10, 100, None)
+
+
+def test_an_invalid_override_changes_nothing_and_names_the_fix() -> None:
+    logs = Logs(max_count=5, max_bytes=None, max_age=None)
+    logs.configure("room", max_count=7)
+    with pytest.raises(ValueError, match=r"set max_count=\.\.\. or max_bytes="):
+        logs.configure("room", max_count=None)
+    assert logs.bounds("room").max_count == 7
+    with pytest.raises(ValueError, match="max_age=-1"):
+        logs.configure("other", max_age=-1)
+
+
+def test_invalid_app_wide_bounds_are_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="max_count=0"):
+        Logs(max_count=0)
+    with pytest.raises(ValueError, match="forget_after=-1"):
+        Logs(forget_after=-1)
+
+
+def test_sweep_forgets_empty_idle_logs_and_the_next_log_has_a_new_epoch() -> None:
+    logs = Logs(max_age=10.0, forget_after=60.0, new_epoch=counter_epochs())
+    seen = logs.append("room", "text", b"x", now=0.0)
+    assert logs.sweep(now=59.0) == 0  # used 59 s ago
+    assert logs.sweep(now=60.0) == 1
+    assert logs.get("room") is None
+    answer = logs.since("room", seen, now=61.0)
+    assert (answer.recovered, answer.reason, answer.top) == (False, "epoch", Position("e2", 0))
+
+
+def test_sweep_keeps_logs_that_hold_entries_or_were_used_recently() -> None:
+    logs = Logs(max_age=None, forget_after=60.0, new_epoch=counter_epochs())
+    logs.append("kept", "text", b"x", now=0.0)  # no age bound: its entry stays
+    logs.log("asked", now=0.0)
+    logs.log("asked", now=30.0)  # a join or recovery counts as a use
+    assert logs.sweep(now=60.0) == 0
+    assert logs.sweep(now=90.0) == 1
+    assert "kept" in logs
+    assert "asked" not in logs
+
+
+def test_sweep_spares_the_groups_it_is_told_to_keep() -> None:
+    logs = Logs(forget_after=0.0)
+    logs.log("with-members", now=0.0)
+    logs.log("abandoned", now=0.0)
+    assert logs.sweep(now=1.0, keep={"with-members"}) == 1
+    assert "with-members" in logs
+    assert logs.sweep(now=2.0) == 1
+
+
+def test_forget_drops_a_log_now_and_its_positions_turn_unrecoverable() -> None:
+    logs = Logs(new_epoch=counter_epochs())
+    seen = logs.append("room", "text", b"x", now=0.0)
+    logs.forget("room")
+    logs.forget("never-there")
+    assert logs.since("room", seen, now=0.0).reason == "epoch"
+
+
+def test_many_groups_published_once_are_all_forgotten_in_time() -> None:
+    logs = Logs(max_age=10.0, forget_after=60.0)
+    for i in range(20_000):
+        logs.append(f"group-{i}", "text", b"once", now=i / 1000)
+    assert len(logs) == 20_000
+    assert logs.sweep(now=59.9) == 0  # none unused for 60 s yet
+    assert logs.sweep(now=70.0) == 10_001  # those appended in the first 10 s
+    assert logs.sweep(now=80.0) == 9_999
+    assert len(logs) == 0
 
 
 # -- a model of the bounds --------------------------------------------------------------

@@ -8,9 +8,9 @@ vocabulary.
 **Positions.** Every message appended to a group's log gets the next *offset* (the first
 is 1; a log with no message is at 0). The *epoch* names the stream those offsets count
 in, and changes whenever its past is lost: a memory log gets a new epoch each time it is
-created (so each process start), a Redis stream will store its epoch beside it. A
-position is only meaningful with its epoch: offset 57 of another epoch says nothing
-about this one.
+created (so each process start, and each time `Logs` forgets an idle log), a Redis
+stream will store its epoch beside it. A position is only meaningful with its epoch:
+offset 57 of another epoch says nothing about this one.
 
 **The string form** a client sees is ``"<offset>:<epoch>"``, e.g. ``"57:3f9c2a10b"``:
 the offset in plain decimal first, then a colon, then the epoch, which is 1 to 64
@@ -38,7 +38,9 @@ so, never handed a partial history as if it were whole.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -47,6 +49,7 @@ __all__ = [
     "Bounds",
     "Entry",
     "GroupLog",
+    "Logs",
     "NotCovered",
     "PayloadKind",
     "Position",
@@ -433,3 +436,154 @@ class GroupLog:
 _new_entry = tuple.__new__
 _new_position = object.__new__
 _set = object.__setattr__
+
+
+def _new_epoch_factory() -> Callable[[], str]:
+    """Epochs for memory logs: a random prefix drawn once per `Logs` (once per process
+    start, in practice) and a counter, so a log created again in the same process never
+    reuses an epoch, and a log of another process start shares none either."""
+    prefix = secrets.token_hex(6)
+    count = 0
+
+    def new_epoch() -> str:
+        nonlocal count
+        count += 1
+        return f"{prefix}{count:x}"
+
+    return new_epoch
+
+
+class Logs:
+    """Every group's log in this process, with app-wide bounds and per-group overrides.
+
+    A group's log is created on its first `append` (or `log`, `since`), with a fresh
+    epoch. Memory is bounded on two levels. Each log holds what its `Bounds` allow.
+    The logs themselves are forgotten by `sweep`, which the layer is to call now and
+    then (every few seconds): it forgets each log that is empty at ``now`` (every entry
+    expired) and unused for ``forget_after`` seconds (not appended to nor asked for with
+    `log` or `since`), unless its group is in ``keep``. So at any time the logs held are
+    those used in the last ``forget_after`` seconds (plus one sweep interval), those of
+    the kept groups, and those still holding entries (only a group with ``max_age=None``
+    keeps entries while idle, as many as its count and bytes bounds allow, until
+    `forget`). An empty log costs a few hundred bytes.
+
+    Forgetting a log loses its past (an empty log still knows its top: a client at the
+    top has missed nothing), so the group's next log has a new epoch, and positions of
+    the old one answer ``"epoch"``. `sweep` costs O(1) per log it forgets or looks at,
+    and looks at a log kept for holding entries at most once per ``forget_after``: the
+    logs are kept in order of last use.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_count: int | None = 1000,
+        max_bytes: int | None = 8 * 1024 * 1024,
+        max_age: float | None = 300.0,
+        forget_after: float = 3600.0,
+        new_epoch: Callable[[], str] | None = None,
+    ) -> None:
+        self.defaults = Bounds(max_count, max_bytes, max_age)
+        if isinstance(forget_after, bool) or not (
+            isinstance(forget_after, int | float) and 0 <= forget_after < 1e12
+        ):
+            raise ValueError(f"forget_after={forget_after!r}: use a number of seconds >= 0")
+        self.forget_after = float(forget_after)
+        self._new_epoch = new_epoch if new_epoch is not None else _new_epoch_factory()
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._logs: OrderedDict[str, GroupLog] = OrderedDict()
+        self._used: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        """Logs held."""
+        return len(self._logs)
+
+    def __contains__(self, group: object) -> bool:
+        return group in self._logs
+
+    def bounds(self, group: str) -> Bounds:
+        """The bounds of ``group``'s log: the defaults with its overrides."""
+        override = self._overrides.get(group)
+        return self.defaults if override is None else self.defaults.replace(**override)
+
+    def configure(
+        self,
+        group: str,
+        *,
+        max_count: int | None = _UNSET,
+        max_bytes: int | None = _UNSET,
+        max_age: float | None = _UNSET,
+    ) -> Bounds:
+        """Override some bounds for ``group`` (the others follow the defaults); with no
+        bound given, drop its overrides. Applies to its log at once if it has one, and
+        to the logs it gets later (overrides are configuration: `sweep` and `forget`
+        leave them). Returns the group's bounds; raises `ValueError`, naming the fix, if
+        they are invalid (and then changes nothing)."""
+        given: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("max_count", max_count),
+                ("max_bytes", max_bytes),
+                ("max_age", max_age),
+            )
+            if value is not _UNSET
+        }
+        bounds = self.defaults.replace(**given)  # checks before anything changes
+        if given:
+            self._overrides[group] = given
+        else:
+            self._overrides.pop(group, None)
+        log = self._logs.get(group)
+        if log is not None:
+            log.bounds = bounds
+        return bounds
+
+    def get(self, group: str) -> GroupLog | None:
+        """``group``'s log, or None; does not create one nor count as a use."""
+        return self._logs.get(group)
+
+    def log(self, group: str, now: float) -> GroupLog:
+        """``group``'s log, created (with a fresh epoch) if it has none; a use."""
+        log = self._logs.get(group)
+        if log is None:
+            log = self._logs[group] = GroupLog(self._new_epoch(), self.bounds(group))
+        else:
+            self._logs.move_to_end(group)
+        self._used[group] = now
+        return log
+
+    def append(self, group: str, kind: PayloadKind, body: bytes, now: float) -> Position:
+        """Append to ``group``'s log (created on first use); its position. O(1) amortised."""
+        return self.log(group, now).append(kind, body, now)
+
+    def since(self, group: str, position: Position, now: float) -> Recovery:
+        """`GroupLog.since` on ``group``'s log. A group without a log gets one, so a
+        client always learns a position it can come back with."""
+        return self.log(group, now).since(position, now)
+
+    def forget(self, group: str) -> None:
+        """Drop ``group``'s log now (its past is lost: the next one has a new epoch)."""
+        self._logs.pop(group, None)
+        self._used.pop(group, None)
+
+    def sweep(self, now: float, keep: Container[str] = ()) -> int:
+        """Forget the logs that are empty at ``now`` and unused for ``forget_after``
+        seconds, except those of the groups in ``keep`` (say, the groups with members
+        here); return how many were forgotten."""
+        cutoff = now - self.forget_after
+        logs = self._logs
+        used = self._used
+        forgotten = 0
+        for _ in range(len(logs)):  # each log at most once, even with forget_after=0
+            group, log = next(iter(logs.items()))
+            if used[group] > cutoff:
+                break
+            log.trim(now)
+            if len(log) == 0 and group not in keep:
+                del logs[group]
+                del used[group]
+                forgotten += 1
+            else:  # still needed: look again in forget_after
+                logs.move_to_end(group)
+                used[group] = now
+        return forgotten
