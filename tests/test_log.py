@@ -687,3 +687,60 @@ def test_the_log_agrees_with_a_plain_model(
         for offset in range(first - 2, len(history) + 2):
             entry = log.entry(offset)
             assert (entry is not None) == (first <= offset <= len(history))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["append", "log", "sweep", "forget"]),
+            st.sampled_from("abc"),
+            st.integers(0, 8),
+        ),
+        max_size=50,
+    )
+)
+def test_sweeping_logs_never_loses_what_a_client_could_still_recover(
+    ops: list[tuple[str, str, int]],
+) -> None:
+    """Random appends, uses, sweeps and forgets over three groups: a sweep forgets only
+    logs that are empty, unused for ``forget_after`` and not kept; a group's every new
+    log has an epoch never seen before, so a position from a forgotten log is refused
+    ("epoch"), never recovered against a stream it did not count in."""
+    logs = Logs(max_count=3, max_age=15.0, forget_after=10.0)  # idle logs may hold entries
+    now = 0.0
+    used: dict[str, float] = {}
+    epochs: dict[str, str] = {}  # the epoch of each group's current log
+    seen: set[str] = set()
+    last: dict[str, Position] = {}  # the last position handed out, per group
+    for op, group, step in ops:
+        now += step
+        if op == "append":
+            last[group] = logs.append(group, "text", b"x", now)
+            used[group] = now
+        elif op == "log":
+            logs.log(group, now)
+            used[group] = now
+        elif op == "forget":
+            logs.forget(group)
+        else:
+            keep = {group}
+            before = {g: logs.get(g) for g in "abc"}
+            logs.sweep(now, keep=keep)
+            for g, log in before.items():
+                if log is not None and logs.get(g) is None:  # forgotten: was it allowed?
+                    assert g not in keep
+                    assert len(log) == 0
+                    assert now - used[g] >= 10.0
+        for g in "abc":
+            log = logs.get(g)
+            if log is None:
+                epochs.pop(g, None)
+            elif epochs.get(g) != log.epoch:
+                assert log.epoch not in seen  # a new log: a new epoch
+                seen.add(log.epoch)
+                epochs[g] = log.epoch
+    for g, position in last.items():
+        answer = logs.since(g, position, now)
+        if position.epoch != epochs.get(g):
+            assert (answer.recovered, answer.reason) == (False, "epoch")
