@@ -33,6 +33,7 @@ from nexios.channels.brokers.base import (
     BrokerUnavailable,
 )
 from nexios.channels.brokers.memory import MemoryBroker
+from nexios.channels.log import PayloadKind
 from nexios.channels.outbox import Outbox, SlowConsumerPolicy, send_together
 from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
 from nexios.types import Message
@@ -45,7 +46,6 @@ __all__ = ["ChannelLayer", "ChannelStats", "broker_from_url", "current_layer"]
 logger = logging.getLogger("nexios.channels")
 
 Encoding = Literal["auto", "json", "text", "bytes"]
-PayloadKind = Literal["json", "text", "bytes"]
 
 # Broker channel names: user groups, and the one channel for messages addressed by id.
 _GROUP = "g:"
