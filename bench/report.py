@@ -45,11 +45,11 @@ def med(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def spread(rows: list[dict[str, Any]], key: str) -> str:
+def spread(rows: list[dict[str, Any]], key: str, digits: int | None = None) -> str:
     values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
     if len(values) < 2:
         return ""
-    return f" ({fmt(min(values))}-{fmt(max(values))})"
+    return f" ({fmt(min(values), digits)}-{fmt(max(values), digits)})"
 
 
 def fmt(value: float, digits: int | None = None) -> str:
@@ -422,8 +422,8 @@ def flood_section(
         "- publisher done: when the handler's loop ended (it answers the control "
         "connection), from the trigger; *never* if not before the end;",
         "- CPU µs/delivery: the server's and the client's CPU time from the trigger to the "
-        "end, per message received; peak RSS: the server's `VmHWM` at the end (its RSS before the "
-        "flood in brackets);",
+        "end, per message received; peak RSS: the server's `VmHWM` at the end (its RSS "
+        "before the flood in brackets);",
         "- the stalled members' fate: after the flood they read again (for the seconds "
         "in the heading): *open* "
         "(the server neither closed nor dropped them), *closed CODE* (a close frame), or "
@@ -439,7 +439,7 @@ def flood_section(
             "",
             flood_bounds(spec),
             "",
-            "| framework | deliveries/s (min-max) | lost by readers (of) | worst reader "
+            "| framework | deliveries/s (min-max) | lost by readers (min-max) | worst reader "
             "| readers that lost | out of order / dup. | end | publisher done, s "
             "| CPU µs/delivery, server / client | server peak RSS, MiB (before) "
             "| stalled members' fate | readers closed by the server | reps |",
@@ -462,7 +462,8 @@ def flood_section(
             lines.append(
                 f"| {name(meta, fw)} | {fmt(med(ok, 'deliveries_per_s'))}"
                 f"{spread(ok, 'deliveries_per_s')} "
-                f"| **{fmt(med(ok, 'lost_total'), 0)}** ({fmt(expected, 0)}) "
+                f"| **{fmt(med(ok, 'lost_total'), 0)}**{spread(ok, 'lost_total', 0)} "
+                f"of {fmt(expected, 0)} "
                 f"| {fmt(med(ok, 'lost_worst'), 0)} | {fmt(med(ok, 'lost_members'), 0)} "
                 f"| {disorder} | {tally_cell(ok, 'end')} | {done_cell} "
                 f"| {fmt(med(ok, 'cpu_us_per_delivery'), 2)} / "
