@@ -364,6 +364,8 @@ async def idle(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- flood
 
+TCP_ESTABLISHED = 1
+TCP_STATES = {7: "CLOSE (reset)", 8: "CLOSE_WAIT (FIN)"}  # from the Linux kernel's tcp_states.h
 FLOOD_WARM = 1 << 40  # warm-up messages are numbered from here, measured ones from 0
 STALLED_RCVBUF = 4096  # the receive buffer asked for a member that never reads
 
@@ -384,6 +386,8 @@ class FloodMember(WSListener):  # type: ignore[misc]
         self.warm = -1  # the last warm-up message seen
         self.stalled = False  # never reads (until the fate check)
         self.late = 0  # frames a stalled member read in the fate check
+        self.left_ns = 0  # when its TCP socket was first seen out of ESTABLISHED
+        self.tcp_state = TCP_ESTABLISHED
         self.closed = False
         self.close_code: int | None = None
 
@@ -453,6 +457,21 @@ def small_receive_buffer(_url: Any) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
     sock.setblocking(False)
     return sock
+
+
+def watch_tcp(member: FloodMember) -> None:
+    """Note when a member's TCP socket leaves ESTABLISHED: the kernel sees the server's
+    reset or FIN even while the member does not read (and so cannot see a close)."""
+    if member.left_ns or member.transport is None:
+        return
+    try:
+        sock = member.transport.underlying_transport.get_extra_info("socket")
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+    except (OSError, AttributeError, TypeError):
+        return
+    if state != TCP_ESTABLISHED:
+        member.left_ns = now_ns()
+        member.tcp_state = state
 
 
 def fate(member: FloodMember) -> str:
@@ -536,6 +555,8 @@ async def flood(spec: dict[str, Any]) -> dict[str, Any]:
         end = "timeout"
         while now_ns() < hard:
             await asyncio.sleep(0.05)
+            for member in stalled:
+                watch_tcp(member)
             if state.complete == len(readers):
                 end = "complete"
                 break
@@ -594,6 +615,13 @@ async def flood(spec: dict[str, Any]) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.02)
         result["stalled_fate"] = tally([fate(m) for m in stalled])
+        left = sorted((m.left_ns - t0) / 1e9 for m in stalled if m.left_ns)
+        # When (s after the trigger) the server reset or closed a stalled member's TCP
+        # connection during the flood, and how (the kernel's state for the socket).
+        result["stalled_left_s"] = [round(x, 2) for x in left]
+        result["stalled_tcp"] = tally(
+            [TCP_STATES.get(m.tcp_state, str(m.tcp_state)) for m in stalled if m.left_ns]
+        )
         result["stalled_late_frames"] = sum(m.late for m in stalled)
         return result
     finally:

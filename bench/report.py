@@ -371,6 +371,20 @@ def flood_title(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return f"{messages:,} messages of {size // 1024} KiB to {who}"
 
 
+def fate_cell(rows: list[dict[str, Any]]) -> str:
+    """The stalled members' fate, and when during the flood the server ended their TCP
+    connections (the kernel's view: a reset or a FIN), over every repetition."""
+    cell = tally_cell(rows, "stalled_fate")
+    left = [x for r in rows for x in r.get("stalled_left_s") or []]
+    if left:
+        how = sorted({k for r in rows for k in (r.get("stalled_tcp") or {})})
+        cell += (
+            f"; {len(left)} TCP connections ended during the flood, "
+            f"{fmt(min(left))}-{fmt(max(left))} s after the trigger ({', '.join(how)})"
+        )
+    return cell
+
+
 def flood_bounds(spec: dict[str, Any]) -> str:
     text = f"Quiet after {spec.get('quiet', '?')} s, timeout {spec.get('timeout', '?')} s"
     if spec.get("stalled"):
@@ -427,7 +441,9 @@ def flood_section(
         "- the stalled members' fate: after the flood they read again (for the seconds "
         "in the heading): *open* "
         "(the server neither closed nor dropped them), *closed CODE* (a close frame), or "
-        "*closed, no close frame*.",
+        "*closed, no close frame* (a reset or a bare FIN); and, watched during the flood "
+        "through the kernel (`TCP_INFO`: a member that does not read cannot see a close "
+        "frame), when the server ended their TCP connections.",
         "",
     ]
     for key, _size in found:
@@ -469,7 +485,7 @@ def flood_section(
                 f"| {fmt(med(ok, 'cpu_us_per_delivery'), 2)} / "
                 f"{fmt(med(ok, 'client_us_per_delivery'), 2)} "
                 f"| {fmt(med(ok, 'rss_peak') / 2**20)} ({fmt(med(ok, 'rss_before') / 2**20)}) "
-                f"| {tally_cell(ok, 'stalled_fate') if ok[0].get('stalled_members') else '-'} "
+                f"| {fate_cell(ok) if ok[0].get('stalled_members') else '-'} "
                 f"| {tally_cell(ok, 'readers_closed')} | {len(ok)}{failed_note(rows)} |"
                 if ok
                 else f"| {name(meta, fw)} | - | | | | | | | | | | | 0{failed_note(rows)} |"
