@@ -135,7 +135,7 @@ def workloads(smoke: bool) -> list[Workload]:
         ),
         Workload("cross-1000", "fanout", 1000, fan, servers=2, needs_groups=True, redis=True),
         # Open loop: the handler publishes as fast as it can. 990 reading members and 10
-        # that never read; then a single reading member and larger messages.
+        # that never read; then a single reading member.
         Workload(
             "flood-1000",
             "flood",
@@ -143,6 +143,8 @@ def workloads(smoke: bool) -> list[Workload]:
             {**flood, "messages": 10_000, "size": 8192, "timeout": 180.0},
         ),
         Workload("flood-1", "flood", 1, {**flood, "messages": 3000, "size": 65536, "stalled": 0}),
+        # Issue 11's own case: 3,000 messages of 8 KiB to one member that reads.
+        Workload("flood-1-8k", "flood", 1, {**flood, "messages": 3000, "size": 8192, "stalled": 0}),
     ]
 
 
