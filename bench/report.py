@@ -379,8 +379,9 @@ def fate_cell(rows: list[dict[str, Any]]) -> str:
     if left:
         how = sorted({k for r in rows for k in (r.get("stalled_tcp") or {})})
         cell += (
-            f"; {len(left)} TCP connections ended during the flood, "
-            f"{fmt(min(left))}-{fmt(max(left))} s after the trigger ({', '.join(how)})"
+            f"; the server closed {len(left)} during the flood, "
+            f"{fmt(min(left))}-{fmt(max(left))} s after the trigger (its end: "
+            f"{', '.join(how)})"
         )
     return cell
 
@@ -442,8 +443,8 @@ def flood_section(
         "in the heading): *open* "
         "(the server neither closed nor dropped them), *closed CODE* (a close frame), or "
         "*closed, no close frame* (a reset or a bare FIN); and, watched during the flood "
-        "through the kernel (`TCP_INFO`: a member that does not read cannot see a close "
-        "frame), when the server ended their TCP connections.",
+        "from the server's end of their sockets (`/proc/net/tcp`, every second: a member "
+        "that does not read cannot see a close), when the server closed or aborted them.",
         "",
     ]
     for key, _size in found:
