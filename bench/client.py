@@ -569,6 +569,7 @@ async def flood(spec: dict[str, Any]) -> dict[str, Any]:
         rss_before = proc_rss(pid)
         window = Window([pid])
         state.done_ns = 0
+        state.done_text = ""
         window.start()
         t0 = window.t0
         ctl.send(TEXT, b"f 0 %d %d" % (messages, size))
