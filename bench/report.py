@@ -17,7 +17,8 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 # Runs kept beside the full run's, each rendered as a section of RESULTS.md of its own:
-# file under bench/, section title.
+# file under bench/, section title; what the figures show, if a file beside it with the
+# suffix .notes.md says so, follows the tables.
 KEPT_RUNS = [("flood-before.jsonl", "Flood (before issue 11)")]
 ORDER = ["raw", "starlette", "nexios-pypi", "nexios", "nexios-sansio", "raw-nexios"]
 NO_GROUPS = "n/a: no cross-process groups"
@@ -379,9 +380,8 @@ def fate_cell(rows: list[dict[str, Any]]) -> str:
     if left:
         how = sorted({k for r in rows for k in (r.get("stalled_tcp") or {})})
         cell += (
-            f"; the server closed {len(left)} during the flood, "
-            f"{fmt(min(left))}-{fmt(max(left))} s after the trigger (its end: "
-            f"{', '.join(how)})"
+            f"; closed by the server during the flood, {fmt(min(left))}-{fmt(max(left))} s "
+            f"after the trigger ({len(left)} in {len(rows)} reps; its end: {', '.join(how)})"
         )
     return cell
 
@@ -505,6 +505,9 @@ def kept_runs(markdown: Path) -> list[str]:
         if path.exists():
             meta, records = load(path)
             lines += flood_section(meta, records, frameworks(meta, records), title)
+            notes = path.with_suffix(".notes.md")
+            if notes.exists():
+                lines += [notes.read_text().strip(), ""]
             lines += [f"Raw data: `{_rel(path)}`.", ""]
     return lines
 
