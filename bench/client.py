@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 TEXT = WSMsgType.TEXT
+BINARY = WSMsgType.BINARY
+CLOSE = WSMsgType.CLOSE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ECHO_PAYLOAD = b"e" * 32  # 32-byte text message
 CONNECT_CONCURRENCY = 100  # handshakes in flight at once
@@ -57,13 +60,13 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def proc_rss(pid: int) -> int:
-    """Resident memory of process ``pid``, in bytes."""
+def proc_rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of process ``pid``, in bytes (``VmHWM``: its peak so far)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
 
 
 class Window:
@@ -139,16 +142,22 @@ async def connect_many(
     url: str, count: int, on_text: Callable[[Listener, WSFrame], None] | None, limit: float
 ) -> list[Listener]:
     """Open ``count`` connections, ``CONNECT_CONCURRENCY`` handshakes at a time."""
+    return await open_many(url, count, lambda: Listener(on_text), limit)
+
+
+async def open_many(
+    url: str, count: int, factory: Callable[[], Any], limit: float, **options: Any
+) -> list[Any]:
+    """Open ``count`` connections with listeners from ``factory``; ``options`` go to
+    ``ws_connect``."""
     if count <= 0:
         return []
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def one() -> Listener:
+    async def one() -> Any:
         async with gate:
-            _, listener = await ws_connect(
-                lambda: Listener(on_text), url, websocket_handshake_timeout=10
-            )
-            return listener  # type: ignore[no-any-return]
+            _, listener = await ws_connect(factory, url, websocket_handshake_timeout=10, **options)
+            return listener
 
     return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), limit)
 
@@ -353,7 +362,296 @@ async def idle(spec: dict[str, Any]) -> dict[str, Any]:
         close_all(conns)
 
 
-WORKLOADS = {"echo": echo, "fanout": fanout, "idle": idle}
+# ---------------------------------------------------------------------- flood
+
+# The server's end of a connection, in /proc/net/tcp (the kernel's tcp_states.h).
+TCP_STATES = {"01": "ESTABLISHED", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "07": "CLOSE"}
+TCP_WATCH_EVERY = 1.0  # seconds between two readings of /proc/net/tcp
+FLOOD_WARM = 1 << 40  # warm-up messages are numbered from here, measured ones from 0
+STALLED_RCVBUF = 4096  # the receive buffer asked for a member that never reads
+
+
+class FloodMember(WSListener):  # type: ignore[misc]
+    """A member of the flood group. Counts, never keeps, what it receives: one bit per
+    message number (``messages`` bits), so duplicates and out-of-order arrivals show."""
+
+    def __init__(self, flood: Flood) -> None:
+        self.flood = flood
+        self.transport: WSTransport | None = None
+        self.seen = bytearray((flood.messages + 7) // 8)
+        self.unique = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.unknown = 0  # numbers outside the flood: a harness bug if ever non-zero
+        self.highest = -1
+        self.warm = -1  # the last warm-up message seen
+        self.stalled = False  # never reads (until the fate check)
+        self.late = 0  # frames a stalled member read in the fate check
+        self.port = 0  # its local port: the server's end of it is in /proc/net/tcp
+        self.left_ns = 0  # when the server's end was first seen out of ESTABLISHED
+        self.tcp_state = ""
+        self.closed = False
+        self.close_code: int | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is BINARY:
+            seq = int.from_bytes(frame.get_payload_as_memoryview()[:8], "big")
+            if seq >= FLOOD_WARM:
+                self.warm = seq
+            elif self.stalled:
+                self.late += 1
+            elif seq >= self.flood.messages:
+                self.unknown += 1
+            else:
+                self.count(seq)
+        elif kind is CLOSE:
+            self.close_code = int(frame.get_close_code())
+
+    def count(self, seq: int) -> None:
+        byte, bit = seq >> 3, 1 << (seq & 7)
+        if self.seen[byte] & bit:
+            self.duplicates += 1
+            return
+        self.seen[byte] |= bit
+        self.unique += 1
+        if seq < self.highest:
+            self.out_of_order += 1
+        else:
+            self.highest = seq
+        flood = self.flood
+        flood.received += 1
+        flood.last_ns = now_ns()
+        if self.unique == flood.messages:
+            flood.complete += 1
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        handshake = transport.close_handshake
+        if self.close_code is None and handshake is not None and handshake.recv is not None:
+            self.close_code = int(handshake.recv.code)
+
+
+class Flood:
+    """What every reading member received, added up as it arrives."""
+
+    def __init__(self, messages: int) -> None:
+        self.messages = messages
+        self.received = 0  # distinct measured messages, all reading members
+        self.complete = 0  # reading members that have all of them
+        self.last_ns = 0  # the last one's arrival
+        self.done_ns = 0  # the publisher's "done"
+        self.done_text = ""
+
+    def on_control(self, conn: Listener, frame: WSFrame) -> None:
+        if self.done_ns == 0:
+            self.done_ns = now_ns()
+            self.done_text = frame.get_payload_as_ascii_text()
+
+
+def small_receive_buffer(_url: Any) -> socket.socket:
+    """An unconnected socket with a small receive buffer (set before the handshake, so
+    the window it advertises stays small): a member that never reads fills it soon."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
+    sock.setblocking(False)
+    return sock
+
+
+def server_ends(server_port: int) -> dict[int, str]:
+    """The server's TCP sockets on ``server_port``: the client's port -> the state (hex).
+
+    Seen from the server's side because a member that does not read cannot see its end:
+    when the server closes a socket whose data the peer does not take, the kernel keeps
+    it in FIN_WAIT1 behind that data, and the peer's socket stays ESTABLISHED."""
+    ends = {}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split(None, 4)
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.rpartition(":")[2], 16) == server_port:
+                ends[int(remote.rpartition(":")[2], 16)] = state
+    return ends
+
+
+def watch_tcp(stalled: list[FloodMember], server_port: int) -> None:
+    """Note when the server's end of each stalled member's connection leaves ESTABLISHED
+    (closed or aborted by the server), or is gone."""
+    waiting = [m for m in stalled if not m.left_ns and m.port]
+    if not waiting:
+        return
+    ends = server_ends(server_port)
+    t = now_ns()
+    for member in waiting:
+        state = ends.get(member.port, "gone")
+        if state != "01":
+            member.left_ns = t
+            member.tcp_state = TCP_STATES.get(state, state)
+
+
+def fate(member: FloodMember) -> str:
+    if member.closed:
+        if member.close_code is not None:
+            return f"closed {member.close_code}"
+        return "closed, no close frame"
+    return "open"
+
+
+def tally(names: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in names:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+async def flood(spec: dict[str, Any]) -> dict[str, Any]:
+    """Reading members and ``stalled`` members that never read; the server publishes
+    ``messages`` binary messages of ``size`` bytes to all of them as fast as it can.
+
+    The flood ends when every reading member has every message, or when nothing arrived
+    for ``quiet`` seconds while the server was idle (it stalled, or dropped the rest),
+    or after ``timeout`` seconds. Then the stalled members read again for at most
+    ``fate_wait`` seconds: did the server close them (with which code), or are they open?
+    """
+    url: str = spec["urls"][0]
+    pid: int = spec["server_pids"][0]
+    messages: int = spec["messages"]
+    size: int = spec["size"]
+    quiet: float = spec["quiet"]
+    state = Flood(messages)
+    base = url.rsplit("/ws/", 1)[0]
+    readers: list[FloodMember] = []
+    stalled: list[FloodMember] = []
+    control: list[Listener] = []
+    try:
+        readers = await open_many(url, spec["connections"], lambda: FloodMember(state), 60)
+        stalled = await open_many(
+            url,
+            spec.get("stalled", 0),
+            lambda: FloodMember(state),
+            30,
+            socket_factory=small_receive_buffer,
+        )
+        control = await connect_many(base + "/ws/control", 1, state.on_control, 10)
+        members = readers + stalled
+        ctl = control[0].transport
+        assert ctl is not None
+
+        # Warm-up: one small message through the same path reaches every member (all
+        # have joined), at most warmup_limit seconds.
+        joined = False
+        deadline = time.monotonic() + spec.get("warmup_limit", 10.0)
+        seq = FLOOD_WARM
+        while not joined and time.monotonic() < deadline:
+            state.done_ns = 0
+            ctl.send(TEXT, b"f %d 1 64" % seq)
+            until = time.monotonic() + 2.0
+            while time.monotonic() < min(until, deadline):
+                await asyncio.sleep(0.005)
+                if state.done_ns and all(m.warm == seq for m in members):
+                    joined = True
+                    break
+            seq += 1
+        if not joined:
+            raise RuntimeError("warm-up: a member did not get the warm-up message")
+        server_port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        for member in stalled:
+            member.stalled = True
+            underlying = member.transport.underlying_transport  # type: ignore[union-attr]
+            underlying.pause_reading()
+            member.port = underlying.get_extra_info("sockname")[1]
+        await asyncio.sleep(0.1)  # the warm-up's last frames are read
+
+        rss_before = proc_rss(pid)
+        window = Window([pid])
+        state.done_ns = 0
+        state.done_text = ""
+        window.start()
+        t0 = window.t0
+        ctl.send(TEXT, b"f 0 %d %d" % (messages, size))
+        hard = t0 + int(spec["timeout"] * 1e9)
+        seen, since_ns, since_cpu = 0, t0, proc_cpu(pid)
+        next_watch = t0
+        end = "timeout"
+        while now_ns() < hard:
+            await asyncio.sleep(0.05)
+            if now_ns() >= next_watch:
+                next_watch += int(TCP_WATCH_EVERY * 1e9)
+                watch_tcp(stalled, server_port)
+            if state.complete == len(readers):
+                end = "complete"
+                break
+            t = now_ns()
+            if state.received != seen:
+                seen, since_ns, since_cpu = state.received, t, proc_cpu(pid)
+            elif t - since_ns >= quiet * 1e9:
+                busy = (proc_cpu(pid) - since_cpu) / ((t - since_ns) / 1e9)
+                if busy < 0.2:  # nothing arrives and the server is (nearly) idle
+                    end = "quiet"
+                    break
+        window.stop()
+        rss_peak = proc_rss(pid, "VmHWM")
+        rss_end = proc_rss(pid)
+        # The readers' figures now: the fate check below may let a blocked server go on.
+        lost = [messages - m.unique for m in readers]
+        received = state.received
+        flood_s = (state.last_ns - t0) / 1e9 if state.last_ns else float("nan")
+        server_s = sum(window.srv1) - sum(window.srv0)
+        result = {
+            "members": len(readers),
+            "stalled_members": len(stalled),
+            "messages": messages,
+            "message_bytes": size,
+            "end": end,
+            "received": received,
+            "expected": messages * len(readers),
+            "lost_total": sum(lost),
+            "lost_worst": max(lost, default=0),
+            "lost_members": sum(1 for x in lost if x),
+            "duplicates": sum(m.duplicates for m in readers),
+            "out_of_order": sum(m.out_of_order for m in readers),
+            "unknown": sum(m.unknown for m in readers),
+            "readers_closed": tally([fate(m) for m in readers if m.closed]),
+            "flood_s": round(flood_s, 4),
+            "deliveries_per_s": round(received / flood_s, 1) if received else 0.0,
+            "publisher_done_s": round((state.done_ns - t0) / 1e9, 4) if state.done_ns else None,
+            "publisher_note": state.done_text,
+            "cpu_us_per_delivery": round(server_s / received * 1e6, 2) if received else None,
+            "client_us_per_delivery": (
+                round((window.cpu1 - window.cpu0) / received * 1e6, 2) if received else None
+            ),
+            "rss_before": rss_before,
+            "rss_peak": rss_peak,
+            "rss_end": rss_end,
+            **window.report(),
+        }
+
+        # The stalled members' fate: read again, see whether the server closed them.
+        for member in stalled:
+            with contextlib.suppress(Exception):
+                member.transport.underlying_transport.resume_reading()  # type: ignore[union-attr]
+        fate_end = time.monotonic() + spec.get("fate_wait", 2.0)
+        while stalled and time.monotonic() < fate_end:
+            if all(m.closed for m in stalled):
+                break
+            await asyncio.sleep(0.02)
+        result["stalled_fate"] = tally([fate(m) for m in stalled])
+        left = sorted((m.left_ns - t0) / 1e9 for m in stalled if m.left_ns)
+        # When (s after the trigger, to TCP_WATCH_EVERY) the server closed or aborted a
+        # stalled member's connection during the flood; the state its end was found in.
+        result["stalled_left_s"] = [round(x, 2) for x in left]
+        result["stalled_tcp"] = tally([m.tcp_state for m in stalled if m.left_ns])
+        result["stalled_late_frames"] = sum(m.late for m in stalled)
+        return result
+    finally:
+        close_all(readers + stalled + control)  # type: ignore[arg-type]
+
+
+WORKLOADS = {"echo": echo, "fanout": fanout, "idle": idle, "flood": flood}
 
 
 async def main_async(spec: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+# Runs kept beside the full run's, each rendered as a section of RESULTS.md of its own:
+# file under bench/, section title; what the figures show, if a file beside it with the
+# suffix .notes.md says so, follows the tables.
+KEPT_RUNS = [("flood-before.jsonl", "Flood (before issue 11)")]
 ORDER = ["raw", "starlette", "nexios-pypi", "nexios", "nexios-sansio", "raw-nexios"]
 NO_GROUPS = "n/a: no cross-process groups"
 
@@ -42,11 +46,11 @@ def med(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def spread(rows: list[dict[str, Any]], key: str) -> str:
+def spread(rows: list[dict[str, Any]], key: str, digits: int | None = None) -> str:
     values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
     if len(values) < 2:
         return ""
-    return f" ({fmt(min(values))}-{fmt(max(values))})"
+    return f" ({fmt(min(values), digits)}-{fmt(max(values), digits)})"
 
 
 def fmt(value: float, digits: int | None = None) -> str:
@@ -339,6 +343,175 @@ def slow_section(meta: dict[str, Any], records: Records, fws: list[str]) -> list
     return [*lines, ""]
 
 
+def tally_cell(rows: list[dict[str, Any]], key: str) -> str:
+    """A count per outcome (``key`` holds a dict of counts, or a string), every repetition:
+    "10 open" when all agree, else each repetition's, separated by semicolons."""
+    per_rep = []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, dict):
+            per_rep.append(", ".join(f"{n} {what}" for what, n in sorted(value.items())) or "none")
+        else:
+            per_rep.append(str(value))
+    if not per_rep:
+        return "-"
+    if len(set(per_rep)) == 1:
+        return per_rep[0] + (f" (each of {len(per_rep)} reps)" if len(per_rep) > 1 else "")
+    return "; ".join(per_rep)
+
+
+def flood_title(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    first = rows[0]
+    stalled = int(first.get("stalled_members", 0))
+    members = int(first["size"]) + stalled
+    messages = int(first.get("messages", 0))
+    size = int(first.get("message_bytes", 0))
+    who = f"{members:,} member{'s' if members > 1 else ''}"
+    if stalled:
+        who += f", {stalled} of which never read{'s' if stalled == 1 else ''}"
+    return f"{messages:,} messages of {size // 1024} KiB to {who}"
+
+
+def fate_cell(rows: list[dict[str, Any]]) -> str:
+    """The stalled members' fate, and when during the flood the server ended their TCP
+    connections (the kernel's view: a reset or a FIN), over every repetition."""
+    cell = tally_cell(rows, "stalled_fate")
+    left = [x for r in rows for x in r.get("stalled_left_s") or []]
+    if left:
+        how = sorted({k for r in rows for k in (r.get("stalled_tcp") or {})})
+        cell += (
+            f"; closed by the server during the flood, {fmt(min(left))}-{fmt(max(left))} s "
+            f"after the trigger ({len(left)} in {len(rows)} reps; its end: {', '.join(how)})"
+        )
+    return cell
+
+
+def flood_bounds(spec: dict[str, Any]) -> str:
+    text = f"Quiet after {spec.get('quiet', '?')} s, timeout {spec.get('timeout', '?')} s"
+    if spec.get("stalled"):
+        text += f"; the stalled members read again for {spec.get('fate_wait', '?')} s"
+    return text + "."
+
+
+def flood_section(
+    meta: dict[str, Any], records: Records, fws: list[str], title: str = "Flood"
+) -> list[str]:
+    found = sizes(records, "flood-")
+    if not found:
+        return []
+    lines = [f"## {title}", ""]
+    if title != "Flood":  # a kept run: its own command, date, revision and load
+        loads = [r["load"] for by_fw in records.values() for rs in by_fw.values() for r in rs]
+        machine = meta.get("machine", {})
+        lines += [
+            f"Made by `{meta.get('command', '?')}` on {meta.get('date', '?')} (git "
+            f"{meta.get('git', '?')}), {meta.get('reps', '?')} interleaved repetitions, "
+            f"on the machine above ({machine.get('cpus', '?')} cores, servers on core "
+            f"{machine.get('server_core', '?')}, load generator on core "
+            f"{machine.get('client_core', '?')}). Load average at start: "
+            f"`{meta.get('load_at_start', '?')}`; 1-minute load at the start of each unit: "
+            f"{fmt(min(loads))}-{fmt(max(loads))} (the machine is shared: another "
+            "engineer's unit tests ran on it at times).",
+            "",
+        ]
+    lines += [
+        "Open loop: on one text message from the control connection, a handler publishes "
+        "N binary messages of S bytes to the group **as fast as the framework lets it**, "
+        "never waiting for receipts (raw ASGI and Starlette: a loop over the members of "
+        "`await send` / `await ws.send_bytes` per message, as in their fan-out; nexios "
+        "3.12: `ChannelBox.group_send` per message; ours: `await app.channels.publish` per "
+        "message). Each message's first 8 bytes are its number; every reading member "
+        "counts what it gets (one bit per number: duplicates and out-of-order arrivals "
+        "show). The members that never read asked for a 4 KiB receive buffer and paused "
+        "reading. The flood ends when every reader has every message (*complete*), or "
+        "when nothing arrived for a while (*quiet*, after the seconds in the table's "
+        "heading) while the server was idle (it stalled, or dropped the rest), or at the "
+        "timeout (*timeout*, in the heading; then *lost* counts what had not arrived "
+        "yet). The reading members are all in the one load-generator process: they read "
+        "as fast as it can (its CPU per delivery is beside the server's).",
+        "",
+        "- deliveries/s: messages received by the reading members / time from the trigger "
+        "to the last one's arrival;",
+        "- lost: for each reader, N minus the distinct messages it got: the total (of N x "
+        "readers), the worst reader, and how many readers lost any;",
+        "- publisher done: when the handler's loop ended (it answers the control "
+        "connection), from the trigger; *never* if not before the end;",
+        "- CPU µs/delivery: the server's and the client's CPU time from the trigger to the "
+        "end, per message received; peak RSS: the server's `VmHWM` at the end (its RSS "
+        "before the flood in brackets);",
+        "- the stalled members' fate: after the flood they read again (for the seconds "
+        "in the heading): *open* "
+        "(the server neither closed nor dropped them), *closed CODE* (a close frame), or "
+        "*closed, no close frame* (a reset or a bare FIN); and, watched during the flood "
+        "from the server's end of their sockets (`/proc/net/tcp`, every second: a member "
+        "that does not read cannot see a close), when the server closed or aborted them.",
+        "",
+    ]
+    for key, _size in found:
+        by_fw = records[key]
+        first = next(iter(by_fw.values()))
+        spec = meta.get("workloads", {}).get(key, {})
+        lines += [
+            f"### {key}: {flood_title(meta, first)}",
+            "",
+            flood_bounds(spec),
+            "",
+            "| framework | deliveries/s (min-max) | lost by readers (min-max) | worst reader "
+            "| readers that lost | out of order / dup. | end | publisher done, s "
+            "| CPU µs/delivery, server / client | server peak RSS, MiB (before) "
+            "| stalled members' fate | readers closed by the server | reps |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for fw in fws:
+            rows = by_fw.get(fw, [])
+            if not rows:
+                continue
+            ok = [r for r in rows if r.get("ok")]
+            expected = med(ok, "expected")
+            done = [r.get("publisher_done_s") for r in ok]
+            done_cell = fmt(med(ok, "publisher_done_s"))
+            never = sum(1 for d in done if d is None)
+            if never:
+                done_cell = f"never in {never}/{len(ok)} reps" + (
+                    f"; {done_cell}" if never < len(ok) else ""
+                )
+            disorder = f"{fmt(med(ok, 'out_of_order'), 0)} / {fmt(med(ok, 'duplicates'), 0)}"
+            lines.append(
+                f"| {name(meta, fw)} | {fmt(med(ok, 'deliveries_per_s'))}"
+                f"{spread(ok, 'deliveries_per_s')} "
+                f"| **{fmt(med(ok, 'lost_total'), 0)}**{spread(ok, 'lost_total', 0)} "
+                f"of {fmt(expected, 0)} "
+                f"| {fmt(med(ok, 'lost_worst'), 0)} | {fmt(med(ok, 'lost_members'), 0)} "
+                f"| {disorder} | {tally_cell(ok, 'end')} | {done_cell} "
+                f"| {fmt(med(ok, 'cpu_us_per_delivery'), 2)} / "
+                f"{fmt(med(ok, 'client_us_per_delivery'), 2)} "
+                f"| {fmt(med(ok, 'rss_peak') / 2**20)} ({fmt(med(ok, 'rss_before') / 2**20)}) "
+                f"| {fate_cell(ok) if ok[0].get('stalled_members') else '-'} "
+                f"| {tally_cell(ok, 'readers_closed')} | {len(ok)}{failed_note(rows)} |"
+                if ok
+                else f"| {name(meta, fw)} | - | | | | | | | | | | | 0{failed_note(rows)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def kept_runs(markdown: Path) -> list[str]:
+    """The sections of the runs kept beside the full run's (``KEPT_RUNS``), in RESULTS.md."""
+    lines: list[str] = []
+    if markdown.name != "RESULTS.md":
+        return lines
+    for filename, title in KEPT_RUNS:
+        path = BENCH / filename
+        if path.exists():
+            meta, records = load(path)
+            lines += flood_section(meta, records, frameworks(meta, records), title)
+            notes = path.with_suffix(".notes.md")
+            if notes.exists():
+                lines += [notes.read_text().strip(), ""]
+            lines += [f"Raw data: `{_rel(path)}`.", ""]
+    return lines
+
+
 # ---------------------------------------------------------------------- targets, checks
 
 
@@ -398,6 +571,17 @@ def targets(records: Records) -> list[str]:
             f"| slow consumer: healthy p99 within 2x of the run without the slow clients "
             f"| {fmt(ours)} ms vs {fmt(ref)} ms = {r:.2f}x {stalled} | {met} |"
         )
+    for key, _size in sizes(records, "flood-"):
+        rows = [r for r in records[key].get("nexios", []) if r.get("ok")]
+        if not rows:
+            continue
+        lost = med(rows, "lost_total")
+        lines.append(
+            f"| {key}: no message lost by a member that reads (issue 11) "
+            f"| {fmt(lost, 0)} of {fmt(med(rows, 'expected'), 0)} lost, "
+            f"{fmt(med(rows, 'lost_members'), 0)} readers lost some "
+            f"| {'yes' if lost == 0 else '**no**'} |"
+        )
     return [*lines, ""]
 
 
@@ -407,8 +591,8 @@ def client_check(records: Records) -> list[str]:
     above = []
     rows = 0
     for key, by_fw in records.items():
-        if key.startswith("idle-"):
-            continue  # nothing is sent: both are near zero
+        if key.startswith(("idle-", "flood-")):
+            continue  # idle: nothing is sent; flood: its window ends with idle seconds
         for fw, reps in by_fw.items():
             ok = good(reps)
             client, server = med(ok, "client_cpu"), med(ok, "server_cpu")
@@ -475,13 +659,16 @@ def render(jsonl: Path, markdown: Path, *, plot: bool = True) -> None:
     lines += echo_section(meta, records, fws)
     lines += fanout_section(meta, records, fws)
     png = markdown.parent / ("fanout.png" if markdown.name == "RESULTS.md" else "fanout-smoke.png")
+    picture = f"![fan-out latency against connections]({png.name})"
     if plot and sizes(records, "fanout-"):
         made = make_plot(meta, records, fws, png)
-        picture = f"![fan-out latency against connections]({png.name})"
         lines += [picture if made is True else str(made), ""]
+    elif sizes(records, "fanout-") and png.exists():  # --no-plot: the one drawn before
+        lines += [picture, ""]
     lines += slow_section(meta, records, fws)
     lines += idle_section(meta, records, fws)
     lines += cross_section(meta, records, fws)
+    lines += flood_section(meta, records, fws)
     lines += client_check(records)
     if (BENCH / "PROFILES.md").exists() and markdown.name == "RESULTS.md":
         lines += [
@@ -495,6 +682,7 @@ def render(jsonl: Path, markdown: Path, *, plot: bool = True) -> None:
         "describes the run).",
         "",
     ]
+    lines += kept_runs(markdown)
     markdown.write_text("\n".join(lines))
 
 
@@ -547,7 +735,12 @@ def smoke_problems(jsonl: Path) -> list[str]:
     """What shows that the harness is broken (never a speed): failures, missing figures."""
     meta, records = load(jsonl)
     problems = []
-    expected = {"echo": "msgs_per_s", "fanout": "deliveries_per_s", "idle": "bytes_per_conn"}
+    expected = {
+        "echo": "msgs_per_s",
+        "fanout": "deliveries_per_s",
+        "idle": "bytes_per_conn",
+        "flood": "deliveries_per_s",
+    }
     for key, by_fw in records.items():
         for fw, rows in by_fw.items():
             for row in rows:
@@ -565,6 +758,8 @@ def smoke_problems(jsonl: Path) -> list[str]:
                     problems.append(f"{where}: no {metric} ({value!r})")
                 if "server_cpu" not in row:
                     problems.append(f"{where}: no server CPU")
+                if row.get("unknown") or (row["kind"] == "flood" and not row.get("rss_peak")):
+                    problems.append(f"{where}: messages numbered outside the flood, or no RSS")
     wanted = set(meta.get("workloads", {}))
     missing = wanted - set(records)
     if missing and not all(k.startswith("cross-") for k in missing):

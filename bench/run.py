@@ -102,8 +102,24 @@ def workloads(smoke: bool) -> list[Workload]:
                 {**fan, "slow": 1, "timeout": 0.5, "warmup_limit": 0.4, "fill_wait": 0.2},
             ),
             Workload("cross-100", "fanout", 100, fan, servers=2, needs_groups=True, redis=True),
+            # 9 reading members and 1 that never reads.
+            Workload(
+                "flood-10",
+                "flood",
+                9,
+                {
+                    "messages": 2000,
+                    "size": 4096,
+                    "stalled": 1,
+                    "quiet": 0.5,
+                    "timeout": 5.0,
+                    "fate_wait": 0.3,
+                    "warmup_limit": 3.0,
+                },
+            ),
         ]
     fan = {"broadcasts": 200, "timeout": 10.0, "warmup_limit": 10.0}
+    flood = {"stalled": 10, "quiet": 3.0, "timeout": 90.0, "fate_wait": 2.0, "warmup_limit": 10.0}
     return [
         Workload("echo", "echo", 64, {"warmup": 1.0, "duration": 5.0}),
         Workload("fanout-1000", "fanout", 1000, fan),
@@ -118,6 +134,17 @@ def workloads(smoke: bool) -> list[Workload]:
             {**fan, "slow": 10, "timeout": 5.0, "warmup_limit": 6.0, "fill_wait": 1.0},
         ),
         Workload("cross-1000", "fanout", 1000, fan, servers=2, needs_groups=True, redis=True),
+        # Open loop: the handler publishes as fast as it can. 990 reading members and 10
+        # that never read; then a single reading member.
+        Workload(
+            "flood-1000",
+            "flood",
+            990,
+            {**flood, "messages": 10_000, "size": 8192, "timeout": 180.0},
+        ),
+        Workload("flood-1", "flood", 1, {**flood, "messages": 3000, "size": 65536, "stalled": 0}),
+        # Issue 11's own case: 3,000 messages of 8 KiB to one member that reads.
+        Workload("flood-1-8k", "flood", 1, {**flood, "messages": 3000, "size": 8192, "stalled": 0}),
     ]
 
 
@@ -377,7 +404,9 @@ def run_unit(
     }
     try:
         with servers(python, fw, wl.servers, env, logdir) as started:
-            path = "/ws/echo" if wl.kind in ("echo", "idle") else "/ws/fan"
+            path = {"echo": "/ws/echo", "idle": "/ws/echo", "flood": "/ws/flood"}.get(
+                wl.kind, "/ws/fan"
+            )
             spec = {
                 "workload": wl.kind,
                 "connections": wl.size,
@@ -564,6 +593,12 @@ def summary(record: dict[str, Any]) -> str:
         "p99_ms",
         "bytes_per_conn",
         "completed",
+        "end",
+        "lost_total",
+        "lost_members",
+        "publisher_done_s",
+        "rss_peak",
+        "stalled_fate",
         "server_cpu",
         "client_cpu",
     )

@@ -10,6 +10,7 @@ import os
 from nexios import NexiosApp, WebSocket
 
 GROUP = os.environ.get("BENCH_GROUP", "fan")
+FLOOD_GROUP = GROUP + ".flood"
 FILL = b"\0" * (1 << 20)
 FILL_COUNT = 16
 
@@ -37,8 +38,28 @@ async def member(ws: WebSocket) -> None:
                 await ws.send_bytes(FILL)
 
 
+@app.ws_route("/ws/flood")
+async def flood_member(ws: WebSocket) -> None:
+    await ws.accept()
+    await ws.join(FLOOD_GROUP)
+    async for _ in ws.iter_bytes():
+        pass
+
+
+async def flood(ws: WebSocket, first: int, count: int, size: int) -> None:
+    """``count`` binary messages to the flood group, ``app.channels.publish`` each; the
+    answer carries the layer's count of messages its outboxes dropped so far."""
+    body = b"." * (size - 8)
+    for seq in range(first, first + count):
+        await app.channels.publish(FLOOD_GROUP, seq.to_bytes(8, "big") + body)
+    await ws.send_text(f"done dropped={app.channels.stats.dropped}")
+
+
 @app.ws_route("/ws/control")
 async def control(ws: WebSocket) -> None:
     await ws.accept()
     async for text in ws.iter_text():
+        if text.startswith("f "):
+            await flood(ws, *map(int, text[2:].split()))
+            continue
         await app.channels.publish(GROUP, payload(int(text[2:])))

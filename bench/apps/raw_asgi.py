@@ -8,6 +8,7 @@ FILL = {"type": "websocket.send", "bytes": b"\0" * (1 << 20)}
 FILL_COUNT = 16  # 16 MiB: more than the kernel and transport buffers hold
 
 members: set[Any] = set()
+flood_members: set[Any] = set()
 
 
 def payload(seq: int) -> str:
@@ -38,12 +39,41 @@ async def member(receive: Any, send: Any) -> None:
         members.discard(send)
 
 
+async def flood_member(receive: Any, send: Any) -> None:
+    await send({"type": "websocket.accept"})
+    flood_members.add(send)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+    finally:
+        flood_members.discard(send)
+
+
+async def flood(send: Any, first: int, count: int, size: int) -> None:
+    """``count`` binary messages to every flood member, one after the other, each
+    awaited (the loop goes only as fast as the slowest member's socket takes them)."""
+    body = b"." * (size - 8)
+    for seq in range(first, first + count):
+        out = {"type": "websocket.send", "bytes": seq.to_bytes(8, "big") + body}
+        for member_send in list(flood_members):
+            try:
+                await member_send(out)
+            except Exception:  # gone: drop it, the others go on
+                flood_members.discard(member_send)
+    await send({"type": "websocket.send", "text": "done"})
+
+
 async def control(receive: Any, send: Any) -> None:
     await send({"type": "websocket.accept"})
     while True:
         message = await receive()
         if message["type"] != "websocket.receive":
             return
+        if message["text"].startswith("f "):
+            await flood(send, *map(int, message["text"][2:].split()))
+            continue
         out = {"type": "websocket.send", "text": payload(int(message["text"][2:]))}
         for member_send in list(members):
             try:
@@ -52,7 +82,12 @@ async def control(receive: Any, send: Any) -> None:
                 members.discard(member_send)
 
 
-ROUTES = {"/ws/echo": echo, "/ws/fan": member, "/ws/control": control}
+ROUTES = {
+    "/ws/echo": echo,
+    "/ws/fan": member,
+    "/ws/flood": flood_member,
+    "/ws/control": control,
+}
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
