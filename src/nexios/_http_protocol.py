@@ -41,6 +41,7 @@ import http
 import importlib.util
 import logging
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import h11
@@ -48,8 +49,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 
-from nexios.config import ServerLimits
-from nexios.server import limits_of  # which imports this module only when it runs
+from nexios.config import ServerLimits, limits_of
 from nexios.websockets.base import HALF_OPEN_EXTENSION
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ __all__ = [
     "HandshakeStats",
     "NexiosH11Protocol",
     "http_protocol",
+    "refusal",
 ]
 
 # uvicorn's: these are its HTTP protocols' messages, shown as its log level says.
@@ -75,6 +76,21 @@ _SHORTEST_METHOD: Final = 3
 _HEADER_LINE_REST: Final = 4
 # h11 may buffer up to our own limits plus one read (asyncio and uvloop read 256 KiB).
 _H11_READ_SLACK: Final = 256 * 1024
+
+
+def refusal(status: int, text: str, default_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A whole HTTP/1.1 response that refuses a request: *status*, the server's default
+    headers, ``connection: close`` and *text* as a plain-text body that says why."""
+    body = text.encode() + b"\n"
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
+    for name, value in default_headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % len(body)
+    )
+    parts.append(body)
+    return b"".join(parts)
 
 
 class HandshakeStats:
@@ -369,16 +385,7 @@ class _HeadGuard:
         self._guard.linger = self.loop.call_later(LINGER, transport.abort)
 
     def _answer(self, status: int, text: str) -> None:
-        body = text.encode()
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
-        for name, value in self.server_state.default_headers:
-            parts += [name, b": ", value, b"\r\n"]
-        parts.append(
-            b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % len(body)
-        )
-        parts.append(body)
-        self.transport.write(b"".join(parts))
+        self.transport.write(refusal(status, text, self.server_state.default_headers))
 
     def _unfinished(self, data: bytes) -> str | None:
         """*data* was read and the head is still not complete: the reason to refuse it now,

@@ -9,7 +9,7 @@ from typing import Final, Literal
 
 from nexios._origins import parse_origin
 
-__all__ = ["ServerLimits", "WebSocketConfig"]
+__all__ = ["ServerLimits", "WebSocketConfig", "limits_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,17 @@ class ServerLimits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1.")
+
+
+_DEFAULT_LIMITS: Final = ServerLimits()
+
+
+def limits_of(config: object) -> ServerLimits:
+    """The limits of a server's config: those ``nexios.server.make_config`` put on it, or
+    the defaults for a plain ``uvicorn.Config`` (our protocols served by
+    ``uvicorn.run(..., ws=...)``)."""
+    limits = getattr(config, "limits", None)
+    return limits if isinstance(limits, ServerLimits) else _DEFAULT_LIMITS
 
 
 _LIMIT_FIELDS: Final = tuple(field.name for field in dataclasses.fields(ServerLimits))

@@ -41,7 +41,8 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from nexios._frames import BINARY, TEXT, frame_header
-from nexios.config import ServerLimits
+from nexios._http_protocol import http_protocol, refusal
+from nexios.config import ServerLimits, limits_of
 from nexios.websockets.base import CONTROL_EXTENSION, DEFLATE_EXTENSION, SEND_NOWAIT_EXTENSION
 
 if TYPE_CHECKING:
@@ -466,17 +467,12 @@ class NexiosWebSocketProtocol(WebSocketsSansIOProtocol):
         cause = exc.__cause__
         detail = f"{exc}: {cause}" if cause is not None else str(exc)
         self._refuse(reason, detail)
-        body = f"WebSocket handshake refused, {reason}: {detail}\n".encode()
-        head = [b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())]
-        for name, value in self.default_headers:
-            head += [name, b": ", value, b"\r\n"]
-        head.append(
-            b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % len(body)
+        answer = refusal(
+            status, f"WebSocket handshake refused, {reason}: {detail}", self.default_headers
         )
         self.conn.data_to_send()  # websockets' own answer, if any: ours replaces it
         self.handshake_initiated = self.handshake_complete = self.close_sent = True
-        self.transport.write(b"".join(head) + body)
+        self.transport.write(answer)
         self.transport.close()
 
     def handle_events(self) -> None:
@@ -844,16 +840,6 @@ class ServerConfig(uvicorn.Config):
         self.limits = limits
 
 
-_DEFAULT_LIMITS: Final = ServerLimits()
-
-
-def limits_of(config: uvicorn.Config) -> ServerLimits:
-    """The limits of a server: its `ServerConfig`'s, or the defaults for a plain
-    ``uvicorn.Config`` (our protocols served by ``uvicorn.run(..., ws=...)``)."""
-    limits = getattr(config, "limits", None)
-    return limits if isinstance(limits, ServerLimits) else _DEFAULT_LIMITS
-
-
 # Options of uvicorn.Config that make_config sets from its own arguments.
 _OWN_OPTIONS: Final = {
     "ws": "the nexios protocol",
@@ -913,10 +899,8 @@ def make_config(
     options.update(uvicorn_kwargs)
     # The request head's timeout and limits (nexios._http_protocol), for "httptools",
     # "h11" and "auto"; an HTTP protocol class of the caller's is used as it is.
-    from nexios._http_protocol import http_protocol
-
     options["http"] = http_protocol(options["http"])
-    limits = limits or _DEFAULT_LIMITS
+    limits = limits or ServerLimits()
     return ServerConfig(
         app,
         limits=limits,
@@ -944,7 +928,7 @@ def run(
     limits: ServerLimits | None = None,
     **uvicorn_kwargs: Any,
 ) -> None:
-    """Serve *app* until interrupted: ``uvicorn.Server(make_config(...)).run()``.
+    """Serve *app* until interrupted: ``ProcessServer(make_config(...)).run()``.
 
     One process, no reloader and no workers (those need uvicorn's own ``uvicorn.run``).
     """

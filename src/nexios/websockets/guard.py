@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from nexios._origins import origin_allowed, parse_origin
+from nexios._origins import origin_allowed
 from nexios._tasks import spawn
 from nexios.config import WebSocketConfig
 
@@ -24,7 +24,6 @@ __all__ = [
     "ConnectionWatch",
     "GuardStats",
     "origin_allowed",
-    "parse_origin",
 ]
 
 logger = logging.getLogger("nexios.websockets")
