@@ -232,42 +232,34 @@ class RedisBroker(Broker):
         *timeout*: Redis may still deliver it (a stopped server runs it on resuming).
         """
         name = self._channel_name(channel)
-        self._check_running()
-        if self._commands_down:
-            raise self._refused()
-        async with self._slots:
-            if self._commands_down:  # found down while this one waited for its turn
-                raise self._refused()
+        sent = False
+
+        async def send() -> None:
+            # Sent, then the reply awaited: what a failure means depends on which.
+            nonlocal sent
             pool = self._client.connection_pool
-            sent = False
+            connection = await cast(Any, pool).get_connection()  # untyped in redis-py
             try:
-                if self._stale_commands:
-                    self._stale_commands = False
-                    await pool.disconnect(inuse_connections=False)
-                # Sent, then the reply awaited: what a failure means depends on which.
-                connection = await cast(Any, pool).get_connection()  # untyped in redis-py
-                try:
-                    await connection.send_command("PUBLISH", name, data)
-                    sent = True
-                    await connection.read_response()
-                except BaseException:
-                    # A reply may still come: the connection cannot be used again.
-                    with contextlib.suppress(RedisError, OSError):
-                        await connection.disconnect(nowait=True)
-                    raise
-                finally:
-                    await pool.release(connection)
-            except _UNREACHABLE as exc:
-                self._went_down(exc)
-                if sent:
-                    raise BrokerOutcomeUnknown(
-                        f"Redis at {self._where} did not answer PUBLISH (it may still run "
-                        f"it): {self._last_error}"
-                    ) from exc
-                raise BrokerUnavailable(
-                    f"Redis at {self._where} unavailable: {self._last_error}"
-                ) from exc
-        self._answered()
+                await connection.send_command("PUBLISH", name, data)
+                sent = True
+                await connection.read_response()
+            except BaseException:
+                # A reply may still come: the connection cannot be used again.
+                with contextlib.suppress(RedisError, OSError):
+                    await connection.disconnect(nowait=True)
+                raise
+            finally:
+                await pool.release(connection)
+
+        try:
+            await self._command(send)
+        except BrokerUnavailable as exc:
+            if not sent:
+                raise
+            raise BrokerOutcomeUnknown(
+                f"Redis at {self._where} did not answer PUBLISH (it may still run it): "
+                f"{self._last_error}"
+            ) from exc.__cause__
 
     async def subscribe(self, channel: str) -> None:
         """Deliver *channel*'s messages through `listen`, across reconnections too.
