@@ -273,13 +273,15 @@ class GroupLog:
 
     __slots__ = ("_bounds", "_bytes", "_head", "_items", "_top", "epoch")
 
-    def __init__(self, epoch: str, bounds: Bounds | None = None) -> None:
+    def __init__(self, epoch: str, bounds: Bounds | None = None, *, start: int = 0) -> None:
+        """A log of ``epoch`` whose first append gets offset ``start + 1``: 0 for a new
+        stream, or where a copy of a stream kept elsewhere (Redis) begins."""
         self.epoch: str = _check_epoch(epoch)
         self._bounds = bounds if bounds is not None else Bounds()
         self._items: list[Entry | None] = []
         self._head = 0
         self._bytes = 0
-        self._top = Position(epoch, 0)
+        self._top = Position(epoch, _check_offset(start))
 
     # -- looking ------------------------------------------------------------------------
 

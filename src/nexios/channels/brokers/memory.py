@@ -14,12 +14,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from nexios.channels.brokers.base import Broker, HistoryEntry
+from nexios.channels.brokers.base import Broker, HistoryEntry, Logged, LogRead, announcement
+from nexios.channels.log import Bounds, GroupLog, Logs, PayloadKind, Position
 
 __all__ = ["MemoryBroker"]
 
 # A subscriber that does not listen keeps at most this many messages.
 _QUEUE_LIMIT = 10_000
+# Seconds between two sweeps of the hub's idle logs (`Logs.sweep`).
+_SWEEP_EVERY = 30.0
 
 
 class _Hub:
@@ -29,6 +32,9 @@ class _Hub:
         self.subscribers: dict[str, set[MemoryBroker]] = {}
         self.histories: dict[str, deque[HistoryEntry]] = {}
         self.counter = itertools.count(1)
+        # Group logs; a log's epoch is new for each hub, so for each process start.
+        self.logs = Logs()
+        self.swept = time.monotonic()
 
 
 _HUBS: dict[str, _Hub] = {}
@@ -74,6 +80,47 @@ class MemoryBroker(Broker):
         if self._wakeup is not None:
             self._wakeup.set()
 
+    # Logs: kept in the hub, so the layers of one process share them (`local_log`).
+
+    logs = True
+
+    async def append(
+        self, channel: str, kind: PayloadKind, body: bytes, msg_id: str, bounds: Bounds
+    ) -> Position:
+        """Log and announce (at once: nothing in between can interleave). The
+        announcement reaches the hub's other brokers, not this one: its layer has the
+        message already."""
+        hub = self._hub
+        now = time.monotonic()
+        if now - hub.swept > _SWEEP_EVERY:
+            hub.swept = now
+            hub.logs.sweep(now, keep=hub.subscribers)
+        log = hub.logs.log(channel, now)
+        if log.bounds != bounds:
+            log.bounds = bounds
+        position = log.append(kind, body, now)
+        subscribers = hub.subscribers.get(channel)
+        if subscribers and (len(subscribers) > 1 or self not in subscribers):
+            data = announcement(position, kind, msg_id, body)
+            for broker in subscribers:
+                if broker is not self:
+                    broker._deliver(channel, data)
+        return position
+
+    async def read(self, channel: str, after: int, limit: int | None = None) -> LogRead:
+        log = self._hub.logs.log(channel, time.monotonic())
+        log.trim(time.monotonic())
+        entries = log.after(after, limit) or []
+        return LogRead(
+            log.epoch,
+            log.top.offset,
+            log.first,
+            [Logged(e.offset, e.kind, e.body, "") for e in entries],
+        )
+
+    def local_log(self, channel: str) -> GroupLog | None:
+        return self._hub.logs.log(channel, time.monotonic())
+
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
         self._hub.subscribers.setdefault(channel, set()).add(self)
@@ -108,7 +155,12 @@ class MemoryBroker(Broker):
         return entries if count is None else entries[-count:] if count > 0 else []
 
     async def clear_history(self, channel: str | None = None) -> None:
+        """Forget the channel's history and log (every channel's with None): the next
+        message starts a new epoch."""
         if channel is None:
             self._hub.histories.clear()
+            for name in list(self._hub.logs._logs):
+                self._hub.logs.forget(name)
         else:
             self._hub.histories.pop(channel, None)
+            self._hub.logs.forget(channel)
