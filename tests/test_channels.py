@@ -15,6 +15,7 @@ import pytest
 
 from nexios import NexiosApp, WebSocket, WSRouter
 from nexios.channels import Broker, ChannelLayer, MemoryBroker
+from nexios.channels.log import Position
 from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
 from nexios.testing import AsyncWebSocketSession, TestClient
 from nexios.websockets.channels import Channel, ChannelBox, PayloadTypeEnum
@@ -166,15 +167,25 @@ async def test_history_is_shared_and_bounded(make_broker: BrokerFactory) -> None
     async with two_processes(make_broker, build) as (app_a, _, app_b, _):
         for i in range(5):
             await app_a.channels.publish("log", {"n": i}, save_history=True)
-        await app_a.channels.publish("log", "not kept")
+        # Every message is logged now (save_history is kept for its name); history()
+        # returns the last history_size of them.
+        await app_a.channels.publish("log", "logged too")
         history = await app_b.channels.history("log")
-        assert [entry["payload"] for entry in history] == [{"n": 2}, {"n": 3}, {"n": 4}]
-        ids = [entry["id"] for entry in history]
-        assert len(set(ids)) == 3
+        assert [entry["payload"] for entry in history] == [{"n": 3}, {"n": 4}, "logged too"]
+        # Each id is the message's position: offsets 4, 5, 6 of one epoch.
+        positions = [Position.parse(entry["id"]) for entry in history]
+        assert [p.offset for p in positions] == [4, 5, 6]
+        assert len({p.epoch for p in positions}) == 1
         assert all(entry["timestamp"] > 0 for entry in history)
-        assert [e["payload"] for e in await app_b.channels.history("log", 1)] == [{"n": 4}]
+        assert [e["payload"] for e in await app_b.channels.history("log", 1)] == ["logged too"]
+        assert len(await app_b.channels.history("log", 10)) == 6
         await app_b.channels.clear_history("log")
         assert await app_a.channels.history("log") == []
+        # Its past is gone: the next message starts a new epoch at offset 1.
+        after = await app_a.channels.publish("log", "again")
+        assert after.position is not None
+        assert after.position.offset == 1
+        assert after.position.epoch != positions[0].epoch
 
 
 async def test_a_message_seen_live_is_already_in_the_history(make_broker: BrokerFactory) -> None:

@@ -170,8 +170,8 @@ def assert_nothing_left(app: NexiosApp, counters: Counters, total: int) -> None:
     layer = app.channels
     assert layer.groups() == {}
     assert layer.members("slot-0") == []
-    assert layer._members == {}  # no outbox
-    assert layer._by_id == {}  # no id
+    assert layer._registry.members == {}  # no member
+    assert layer._registry.by_id == {}  # no id
     for what in ("app middleware", "app middleware done", "connect", "handler done"):
         assert counters.counts.get(what) == total, (what, counters.counts)
     assert counters.counts.get("router disconnect") == total, counters.counts

@@ -17,6 +17,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from nexios.channels.brokers.base import Broker
 from nexios.channels.layer import ChannelLayer
+from nexios.channels.log import Bounds
 from nexios.config import WebSocketConfig
 from nexios.datastructures import State
 from nexios.exceptions import ImproperlyConfigured, NoMatchFound
@@ -63,6 +64,7 @@ class NexiosApp:
         on_shutdown: Sequence[Hook] = (),
         broker: Broker | str | None = None,
         history_size: int = 100,
+        log: Bounds | None = None,
         debug: bool = False,
     ) -> None:
         self.title = title
@@ -73,12 +75,14 @@ class NexiosApp:
         self.router.not_found = self._not_found
         # Groups and broadcasts. broker: a URL (memory://, redis://host:port/db) or a
         # Broker; without one, $NEXIOS_BROKER_URL, else memory:// (one process).
-        # history_size: messages kept per group for publish(..., save_history=True).
+        # log: how much of each group's stream is kept (for members that are behind,
+        # resume with since=, and history()); history_size: what history() returns.
         self.channels = ChannelLayer(
             broker,
             outbox_size=config.outbox_size,
             slow_consumer=config.slow_consumer,
             history_size=history_size,
+            log=log,
         )
         self.ws_router = WSRouter()
         self.ws_router.bind_channels(self.channels, "nexios:app")

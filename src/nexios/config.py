@@ -98,10 +98,15 @@ class WebSocketConfig:
         still ask for it on one connection with ``ws.enable_compression()`` before
         ``accept()``.
     outbox_size:
-        Messages that may wait to be sent to one connection (broadcasts, group sends).
+        Messages sent to one connection by id (``send_to``) that may wait for it; past
+        it the oldest is dropped and counted. Group messages wait in the group's log.
     slow_consumer:
-        What happens when a connection's outbox is full: ``"drop_oldest"`` (default),
-        ``"drop_newest"``, or ``"close"`` (close with 1013). See docs/channels.md.
+        What happens to a connection that falls off the end of a group's log (it did
+        not read while the log dropped what it still had to get): ``"close"`` (default:
+        close with 1013; the client rejoins with its last position) or ``"skip"`` (on to
+        the newest message, the count of missed ones in stats and, with envelopes, in a
+        message). ``"drop_oldest"`` and ``"drop_newest"`` mean ``"skip"``. See
+        docs/channels.md.
     idle_timeout:
         Close a connection (1001) that has received no message for this many seconds;
         None (default) never does. Pings and pongs do not count as messages.
@@ -142,7 +147,7 @@ class WebSocketConfig:
     max_message_size: int = 1 << 20
     compression: bool = False
     outbox_size: int = 256
-    slow_consumer: Literal["drop_oldest", "drop_newest", "close"] = "drop_oldest"
+    slow_consumer: Literal["close", "skip", "drop_oldest", "drop_newest"] = "close"
     idle_timeout: float | None = None
     allowed_origins: Iterable[str] | None = None
     max_connections: int | None = None
@@ -192,10 +197,10 @@ class WebSocketConfig:
             raise ValueError("idle_timeout must be positive, or None to turn it off.")
         if self.outbox_size < 1:
             raise ValueError("outbox_size must be at least 1 message.")
-        if self.slow_consumer not in ("drop_oldest", "drop_newest", "close"):
+        if self.slow_consumer not in ("close", "skip", "drop_oldest", "drop_newest"):
             raise ValueError(
-                f"slow_consumer is {self.slow_consumer!r}: use 'drop_oldest', "
-                "'drop_newest' or 'close'."
+                f"slow_consumer is {self.slow_consumer!r}: use 'close' or 'skip' "
+                "('drop_oldest' and 'drop_newest' are kept as names for 'skip')."
             )
         if self.max_message_size <= 0:
             raise ValueError("max_message_size must be a positive number of bytes.")

@@ -1,47 +1,69 @@
-"""The channel layer: local groups, encode-once fan-out, and the broker between processes.
+"""The channel layer: groups, their logs, fan-out, and the broker between processes.
 
 ::
 
-    publish(group, payload) ─┬─> encode once ─> local members' outboxes ─> writers ─> sockets
-                             └─> broker.publish ─> other processes' layers ─> their members
+    publish(group, payload) -> encode once -> broker.append: the group's log, a position
+        -> fan-out: live members' sockets, written at once
+                    a member whose socket is full falls behind in the log (a cursor)
+                    and its writer catches it up as the socket drains
+        -> other processes: the announcement -> their copy of the log -> their fan-out
 
-Delivery is **at most once**. A message reaches the members of a group that are
-connected when it is fanned out, in each process that shares the broker; it is lost for
-a member whose outbox drops it (slow consumer, see ``outbox``), for a process the broker
-cannot reach at that moment, and for everybody elsewhere when the broker is down (the
-local members still get it). Each of these is counted in ``stats`` and logged once.
+What is promised (docs/channels.md has the table): every group message gets a position
+(epoch, offset); a member that reads gets every message, in offset order, even when a
+publisher floods it (publishers are paced by members that read, for a bounded time);
+a member that falls off the end of the log meets its slow-consumer policy, counted and
+logged; a member that joins with ``since=`` gets every message after it, or is told it
+cannot (``recovered`` False). Messages to connections by id (``send_to``) are outside
+the logs: at most once, a bounded queue per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
 
 import orjson
 
-from nexios._frames import BINARY, TEXT, frame_header
+from nexios._tasks import spawn
 from nexios.channels.brokers.base import (
     Broker,
     BrokerOutcomeUnknown,
     BrokerRefused,
     BrokerUnavailable,
+    parse_announcement,
 )
 from nexios.channels.brokers.memory import MemoryBroker
-from nexios.channels.log import PayloadKind
-from nexios.channels.outbox import Outbox, SlowConsumerPolicy, send_together
+from nexios.channels.fanout import deliver, form, message_for, put_behind, skip_notice
+from nexios.channels.log import MAX_OFFSET, Bounds, GroupLog, PayloadKind, Position
+from nexios.channels.registry import (
+    Group,
+    Member,
+    Registry,
+    Sink,
+    SlowConsumerPolicy,
+    policy_of,
+)
 from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
 from nexios.types import Message
 
-if TYPE_CHECKING:
-    from nexios.websockets.base import WebSocket
-
-__all__ = ["ChannelLayer", "ChannelStats", "broker_from_url", "current_layer"]
+__all__ = [
+    "ChannelLayer",
+    "ChannelStats",
+    "Joined",
+    "Published",
+    "broker_from_url",
+    "current_layer",
+]
 
 logger = logging.getLogger("nexios.channels")
 
@@ -101,19 +123,29 @@ class ChannelStats:
         "dropped",
         "history_failed",
         "missed_remote",
+        "paced",
         "publish_failed",
         "publish_refused",
         "publish_unknown",
         "published",
         "published_remote",
         "received_remote",
+        "recovered",
+        "recovery_failed",
+        "skipped",
+        "slow",
     )
 
     def __init__(self) -> None:
         self.published = 0  # publish() and send_to() calls
-        self.delivered = 0  # messages queued for local members
-        self.dropped = 0  # messages dropped by full outboxes
-        self.closed_slow = 0  # connections closed by the "close" policy
+        self.delivered = 0  # messages written to local members' sockets
+        self.dropped = 0  # messages to connections by id dropped by a full queue
+        self.closed_slow = 0  # members closed when they fell off a log ("close")
+        self.skipped = 0  # log entries members did not get ("skip", or a lost stretch)
+        self.paced = 0  # publishes that waited for a member that is behind
+        self.slow = 0  # times a member held a publisher back too long (then paces nobody)
+        self.recovered = 0  # joins with since= that got everything after the position
+        self.recovery_failed = 0  # ... that could not (trimmed, another epoch)
         # Messages for the other processes: the broker took them (Redis answered) ...
         self.published_remote = 0
         # ... they certainly did not reach the broker: the other processes lost them ...
@@ -123,9 +155,10 @@ class ChannelStats:
         # ... or sent with no reply: they may or may not have reached the other processes.
         self.publish_unknown = 0
         self.received_remote = 0  # messages from other processes
-        # Messages of other processes this one did not receive (gaps in their numbers).
+        # Messages of other processes this one did not receive and could not recover
+        # from the log (gaps in offsets, or in the numbers of messages sent by id).
         self.missed_remote = 0
-        # Messages published with save_history=True that the broker could not save.
+        # Kept for the name: logs replaced save_history; always 0.
         self.history_failed = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -208,14 +241,64 @@ def _decode(kind: str, body: bytes) -> Any:
     return body
 
 
-def _form(kind: str, body: bytes, encoding: str) -> tuple[Message, bytes]:
-    """The ASGI message a member with ``encoding`` gets for a payload of ``kind``, and the
-    same message framed (for servers that write it as it is: ``Outbox.push``)."""
-    if kind == "bytes" or encoding == "bytes":
-        return {"type": "websocket.send", "bytes": body}, frame_header(BINARY, len(body)) + body
-    if encoding == "json" and kind == "text":
-        body = orjson.dumps(body.decode())
-    return {"type": "websocket.send", "text": body.decode()}, frame_header(TEXT, len(body)) + body
+_UNSET: Any = object()
+
+
+class Published(int):
+    """What ``publish`` returns: an int, the number of local members the message was
+    written to at once (as before), with ``position``, where it sits in the group's log
+    (None when the broker could not log it: then only local members got it)."""
+
+    position: Position | None
+
+    def __new__(cls, delivered: int, position: Position | None) -> Published:
+        self = super().__new__(cls, delivered)
+        self.position = position
+        return self
+
+    @property
+    def delivered(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"Published(delivered={int(self)}, position={self.position})"
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """What ``join`` returns. ``position``: where the member starts in the group's
+    stream (the last position it has, or is being sent). With ``since``: ``recovered``
+    says whether every message after it is being sent (``replayed`` of them), else
+    ``reason`` says why not (``"epoch"``: the stream it counted in is gone,
+    ``"trimmed"``: the log no longer reaches back, ``"future"``: never that far,
+    ``"unavailable"``: the broker could not be read) and the member gets messages from
+    ``position`` on: the app decides what to do (send a snapshot, tell the user)."""
+
+    recovered: bool
+    position: Position | None
+    replayed: int = 0
+    reason: str | None = None
+
+
+# What a member that falls off a log with the "close" policy is closed with: 1013 (try
+# again later): the client reconnects and joins with its last position.
+SLOW_CONSUMER_CLOSE = (1013, "Fell behind the group's log: rejoin with your last position")
+
+# A publisher waits for a member that is behind by more than this many messages (and
+# never more than half of what the log can hold).
+PACE_HIGH_WATER = 256
+# ... for at most this many seconds in a row; past it the member paces nobody.
+PACE_TIMEOUT = 1.0
+# Entries a writer sends before it looks at the group again (and wakes a publisher).
+_WRITE_BATCH = 32
+# Seconds an announcement waits for the ones before it before the gap is read from the
+# broker's log.
+_REORDER_WINDOW = 0.1
+# Seconds a publish waits for its own message to be fanned out here (gap filling).
+_OWN_WAIT = 2.0
+# Message ids published while the broker's outcome was unknown, remembered so that a
+# late announcement of one is not delivered twice here.
+_UNLOGGED_IDS = 4096
 
 
 class ChannelLayer:
@@ -226,31 +309,53 @@ class ChannelLayer:
         broker: Broker | str | None = None,
         *,
         outbox_size: int = 256,
-        slow_consumer: SlowConsumerPolicy = "drop_oldest",
+        slow_consumer: SlowConsumerPolicy = "close",
         history_size: int = 100,
+        log: Bounds | None = None,
+        pace_high_water: int = PACE_HIGH_WATER,
+        pace_timeout: float = PACE_TIMEOUT,
     ) -> None:
         if broker is None:
             broker = os.environ.get("NEXIOS_BROKER_URL") or None
         self.broker: Broker = broker if isinstance(broker, Broker) else broker_from_url(broker)
+        if outbox_size < 1:
+            raise ValueError("outbox_size must be at least 1.")
+        policy_of(slow_consumer)
+        if pace_high_water < 1:
+            raise ValueError("pace_high_water must be at least 1 message.")
+        if not pace_timeout >= 0:
+            raise ValueError("pace_timeout must be a number of seconds >= 0.")
         self.outbox_size = outbox_size
         self.slow_consumer: SlowConsumerPolicy = slow_consumer
         self.history_size = history_size
+        #: The bounds of every group's log; `configure` overrides them for one group.
+        self.log_bounds = log if log is not None else Bounds()
+        self.pace_high_water = pace_high_water
+        self.pace_timeout = pace_timeout
         self.origin = uuid.uuid4().hex
         self.stats = ChannelStats()
-        self._groups: dict[str, dict[WebSocket, Outbox]] = {}
-        self._members: dict[WebSocket, Outbox] = {}
-        self._by_id: dict[str, set[Outbox]] = {}
+        self._registry = Registry()
+        self._overrides: dict[str, Bounds] = {}
+        self._ids = itertools.count(1)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
         self._publish_down = False
-        self._history_down = False
         self._sequences = _Sequences()
-        # The counters when the current outage began, and when (for its summary).
+        # Groups being set up (subscribed, their log's position read): joins wait.
+        self._opening: dict[str, asyncio.Future[Group]] = {}
+        # Announcements that came before the ones they follow, by group, by offset.
+        self._pending: dict[Group, dict[int, tuple[Position, PayloadKind, str, bytes]]] = {}
+        self._filling: set[Group] = set()
+        self._opening_pending: dict[str, dict[int, tuple[Position, PayloadKind, str, bytes]]] = {}
+        # Publishes of this process waiting for their message's fan-out here (by id).
+        self._own: dict[str, asyncio.Future[int]] = {}
+        self._unlogged: OrderedDict[str, None] = OrderedDict()
+        # Offsets of entries not to write to live members (they had the message already,
+        # sent when the broker's outcome was unknown), by group.
+        self._not_again: dict[Group, set[int]] = {}
         self._outage_start: tuple[float, int, int, int] = (0.0, 0, 0, 0)
-        self._missed_logged: float | None = None  # time.monotonic() of the last log
-        # When the current slice of fan-out work began (perf_counter); 0.0 once the
-        # event loop has had a turn since (`_slice_over`, scheduled with call_soon).
+        self._missed_logged: float | None = None
         self._slice_start = 0.0
 
     # ------------------------------------------------------------------ life
@@ -270,7 +375,6 @@ class ChannelLayer:
             if self._started:
                 return
             await self.broker.start()
-            # Listen first: a broker confirms subscriptions through its listen loop.
             self._listener = asyncio.get_running_loop().create_task(self._listen())
             await asyncio.sleep(0)
             await self.broker.subscribe(_DIRECT)
@@ -279,12 +383,14 @@ class ChannelLayer:
             _current = self
 
     async def stop(self) -> None:
-        """Close every outbox, stop listening and disconnect the broker."""
-        for outbox in list(self._members.values()):
-            outbox.close()
-        self._members.clear()
-        self._groups.clear()
-        self._by_id.clear()
+        """Stop every writer, stop listening and disconnect the broker."""
+        for member in list(self._registry.members.values()):
+            self._stop_writer(member)
+            self._registry.remove_member(member)
+        self._registry.groups.clear()
+        for waiting in self._own.values():
+            if not waiting.done():
+                waiting.set_result(0)
         if not self._started:
             return
         self._started = False
@@ -305,7 +411,6 @@ class ChannelLayer:
                 await self._on_remote(channel, data)
             except Exception:
                 logger.exception("Bad message on broker channel %r (%d bytes)", channel, len(data))
-            # A burst from other processes may arrive without the broker suspending.
             await self._yield_if_busy()
 
     # ------------------------------------------------------------------ slices
@@ -314,202 +419,709 @@ class ChannelLayer:
         """Note when fan-out work began, unless it began earlier in this turn of the loop."""
         if not self._slice_start:
             self._slice_start = time.perf_counter()
-            # Runs when the event loop next gets a turn: the slice is over.
             asyncio.get_running_loop().call_soon(self._slice_over)
 
     def _slice_over(self) -> None:
         self._slice_start = 0.0
 
     async def _yield_if_busy(self) -> None:
-        """Let the event loop run if fan-out has held it longer than SLICE; the work
-        after it is a new slice."""
+        """Let the event loop run if fan-out has held it longer than SLICE."""
         if time.perf_counter() - self._slice_start > SLICE:
             await asyncio.sleep(0)
             self._slice_begin()
+
+    # ------------------------------------------------------------------ configuration
+
+    def configure(
+        self,
+        group: str,
+        *,
+        max_count: int | None = _UNSET,
+        max_bytes: int | None = _UNSET,
+        max_age: float | None = _UNSET,
+    ) -> Bounds:
+        """Override the log bounds of one group (the others follow ``log_bounds``); with
+        no bound given, drop its overrides. Returns the group's bounds."""
+        given: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("max_count", max_count),
+                ("max_bytes", max_bytes),
+                ("max_age", max_age),
+            )
+            if value is not _UNSET
+        }
+        bounds = self.log_bounds.replace(**given)
+        if given:
+            self._overrides[group] = bounds
+        else:
+            self._overrides.pop(group, None)
+        opened = self._registry.groups.get(group)
+        if opened is not None and opened.log.bounds != bounds:
+            opened.log.bounds = bounds
+        return bounds
+
+    def bounds(self, group: str) -> Bounds:
+        """The bounds of ``group``'s log."""
+        return self._overrides.get(group, self.log_bounds)
 
     # ------------------------------------------------------------------ members
 
     async def register(
         self,
-        ws: WebSocket,
+        ws: Sink,
         groups: Iterable[str] = (),
         *,
         outbox_size: int | None = None,
         slow_consumer: SlowConsumerPolicy | None = None,
         held: bool = False,
-    ) -> Outbox:
+    ) -> Member:
         """Make a connection reachable: by its id, and in ``groups``.
 
         ``held``: the connection is being accepted; messages wait until
-        ``outbox.release()``, so that no message can precede the accept.
+        ``member.release()``... through `release`, so that no message precedes the accept.
         """
         await self.start()
-        outbox = self._members.get(ws)
-        if outbox is None:
-            outbox = Outbox(
+        member = self._registry.members.get(ws)
+        if member is None:
+            member = Member(
                 ws,
-                outbox_size or self.outbox_size,
-                slow_consumer or self.slow_consumer,
-                self._report,
+                maxsize=outbox_size or self.outbox_size,
+                policy=slow_consumer or self.slow_consumer,
                 held=held,
             )
-            self._members[ws] = outbox
-            outbox.member_id = ws.id
-            self._by_id.setdefault(outbox.member_id, set()).add(outbox)
+            member.on_release = partial(self._release, member)
+            self._registry.add_member(member)
         for group in groups:
-            await self._add(outbox, group)
-        return outbox
+            await self._join(member, group, envelope=False, since=None)
+        return member
 
-    async def unregister(self, ws: WebSocket) -> None:
-        """The connection is gone: leave every group, drop its outbox. O(its groups)."""
-        outbox = self._members.pop(ws, None)
-        if outbox is None:
+    def _release(self, member: Member) -> None:
+        """Start sending (the connection is accepted)."""
+        member.held = False
+        if not member.closed:
+            for group in list(member.behind):
+                Registry.caught_up(member, group)
+            if member.waiting:
+                self._wake(member)
+
+    async def unregister(self, ws: Sink) -> None:
+        """The connection is gone: leave every group, drop what waits. O(its groups)."""
+        member = self._registry.members.get(ws)
+        if member is None:
             return
-        outbox.close()
-        ids = self._by_id.get(outbox.member_id)
-        if ids is not None:
-            ids.discard(outbox)
-            if not ids:
-                del self._by_id[outbox.member_id]
-        for group in list(outbox.groups):
-            await self._remove(outbox, group)
+        self._stop_writer(member)
+        for group in self._registry.remove_member(member):
+            await self._close_group(group)
 
-    async def join(self, ws: WebSocket, group: str, *, encoding: Encoding = "auto") -> None:
-        """Add an accepted connection to ``group`` (in every process sharing the broker)."""
-        outbox = self._members.get(ws)
-        if outbox is None:
-            from nexios.websockets.base import WebSocketState
+    async def join(
+        self,
+        ws: Sink,
+        group: str,
+        *,
+        encoding: Encoding = "auto",
+        since: object = None,
+        envelope: bool = False,
+    ) -> Joined:
+        """Add an accepted connection to ``group`` (in every process sharing the broker).
 
-            if ws.application_state is not WebSocketState.CONNECTED:
+        ``since``: the last position the client saw (a `Position`, its dict or string
+        form): every message after it is sent first, then live ones, with no gap and no
+        duplicate; see `Joined`. ``envelope``: send this group's messages as
+        ``{"group", "epoch", "offset", "data"}`` JSON text (see ``fanout``).
+        """
+        position = None if since is None else Position.parse(since)
+        member = self._registry.members.get(ws)
+        if member is None:
+            if not getattr(ws, "was_accepted", True):
                 raise WebSocketStateError(
                     f'Cannot join {group!r}: call "await ws.accept()" first (a connection '
                     "joins groups once it is accepted)."
                 )
-            outbox = await self.register(ws)
+            member = await self.register(ws)
         if encoding != "auto":
-            outbox.encoding = encoding
-        await self._add(outbox, group)
+            member.encoding = encoding
+        return await self._join(member, group, envelope=envelope, since=position)
 
-    async def leave(self, ws: WebSocket, group: str) -> None:
-        outbox = self._members.get(ws)
-        if outbox is not None:
-            await self._remove(outbox, group)
+    async def leave(self, ws: Sink, group: str) -> None:
+        member = self._registry.members.get(ws)
+        opened = self._registry.groups.get(group)
+        if (
+            member is not None
+            and opened is not None
+            and opened in member.groups
+            and self._registry.leave(member, opened)
+        ):
+            await self._close_group(opened)
 
-    async def _add(self, outbox: Outbox, group: str) -> None:
-        members = self._groups.get(group)
-        if members is None:
-            members = self._groups[group] = {}
-            members[outbox.ws] = outbox
-            outbox.groups.add(group)
-            # The first local member: this process now wants the group's messages.
-            await self.broker.subscribe(_GROUP + group)
+    async def _open(self, name: str) -> Group:
+        """The group, set up on first use: subscribed, with its log (or a copy of it)."""
+        group = self._registry.groups.get(name)
+        if group is not None:
+            return group
+        opening = self._opening.get(name)
+        if opening is not None:
+            return await asyncio.shield(opening)
+        future: asyncio.Future[Group] = asyncio.get_running_loop().create_future()
+        self._opening[name] = future
+        try:
+            channel = _GROUP + name
+            local = self.broker.local_log(channel) if self.broker.logs else None
+            await self.broker.subscribe(channel)
+            if local is not None:
+                log = local
+            else:
+                log = await self._copy_of_log(channel, name)
+            group = Group(name, log)
+            self._registry.groups[name] = group
+            future.set_result(group)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a join that waits re-raises it
+            raise
+        finally:
+            del self._opening[name]
+        pending = self._opening_pending.pop(name, None)
+        if pending:  # announcements that came while the log's position was read
+            for announced in sorted(pending.values(), key=lambda a: a[0].offset):
+                await self._announced(group, *announced)
+        return group
+
+    async def _copy_of_log(self, channel: str, name: str) -> GroupLog:
+        """This process's copy of a remote log, from its top on (what follows arrives
+        in announcements): empty, at the broker's epoch and top."""
+        if not self.broker.logs:
+            return GroupLog("local", self.bounds(name))
+        try:
+            read = await self.broker.read(channel, MAX_OFFSET, 0)
+        except (BrokerUnavailable, OSError) as exc:
+            # Delivery goes on without positions until an announcement gives one.
+            logger.warning(
+                "Could not read the log of %r (%s): joined without a position", name, exc
+            )
+            return GroupLog(_UNKNOWN_EPOCH, self.bounds(name))
+        return GroupLog(read.epoch, self.bounds(name), start=read.top)
+
+    async def _close_group(self, group: Group) -> None:
+        """The last local member left: stop receiving the group's messages."""
+        self._pending.pop(group, None)
+        self._not_again.pop(group, None)
+        await self.broker.unsubscribe(_GROUP + group.name)
+
+    async def _join(
+        self, member: Member, name: str, *, envelope: bool, since: Position | None
+    ) -> Joined:
+        group = await self._open(name)
+        if member.closed:
+            raise WebSocketStateError("Cannot join a group: the connection is closed.")
+        if self._registry.groups.get(name) is not group:  # emptied while opening
+            self._registry.groups[name] = group
+        await self._catch_up(group)  # a shared in-process log may be ahead of the fan-out
+        log = group.log
+        if since is None:
+            self._registry.join(member, group, envelope=envelope, cursor=None)
+            self._after_join(member, group)
+            return Joined(True, log.top if log.epoch != _UNKNOWN_EPOCH else None)
+        joined = await self._recover(member, group, envelope, since)
+        if joined.recovered:
+            self.stats.recovered += 1
+        else:
+            self.stats.recovery_failed += 1
+            logger.info(
+                "WebSocket %s joined %r at %s and could not recover from %s (%s): it "
+                "gets messages from now on",
+                member.id,
+                name,
+                joined.position,
+                since,
+                joined.reason,
+            )
+        self._after_join(member, group)
+        return joined
+
+    def _after_join(self, member: Member, group: Group) -> None:
+        if group in member.behind and not member.held:
+            self._wake(member)
+
+    async def _recover(
+        self, member: Member, group: Group, envelope: bool, since: Position
+    ) -> Joined:
+        log = group.log
+        answer = log.since(since, time.monotonic())
+        if answer.recovered:
+            self._registry.join(member, group, envelope=envelope, cursor=since.offset)
+            return Joined(True, log.top, len(answer.entries))
+        if answer.reason != "trimmed" or self.broker.local_log(_GROUP + group.name) is not None:
+            self._registry.join(member, group, envelope=envelope, cursor=None)
+            return Joined(False, log.top, reason=answer.reason)
+        # This process's copy does not reach back: the broker's log may.
+        first = log.first
+        try:
+            read = await self.broker.read(
+                _GROUP + group.name, since.offset, first - 1 - since.offset
+            )
+        except (BrokerUnavailable, OSError):
+            self._registry.join(member, group, envelope=envelope, cursor=None)
+            return Joined(False, group.log.top, reason="unavailable")
+        entries = read.entries
+        if (
+            read.epoch != since.epoch
+            or group.log is not log
+            or len(entries) != first - 1 - since.offset
+            or (entries and entries[0].offset != since.offset + 1)
+        ):
+            self._registry.join(member, group, envelope=envelope, cursor=None)
+            reason = "epoch" if read.epoch != since.epoch else "trimmed"
+            return Joined(False, group.log.top, reason=reason)
+        # The older part from the broker, the rest from the copy: contiguous.
+        self._registry.join(member, group, envelope=envelope, cursor=first - 1)
+        if group.live.pop(member, None) is not None:  # at the top, yet it has a past to get
+            group.behind[member] = first - 1
+            member.behind[group] = None
+        member.replay[group] = deque((e.offset, e.kind, e.body) for e in entries)
+        return Joined(True, group.log.top, len(entries) + group.delivered - (first - 1))
+
+    # ------------------------------------------------------------------ writers
+
+    def _wake(self, member: Member) -> None:
+        """Start the member's writer if it has none (it sends what waits, in order)."""
+        if member.writer is None and not member.held and not member.closed:
+            member.writer = asyncio.get_running_loop().create_task(self._write(member))
+
+    def _stop_writer(self, member: Member) -> None:
+        writer, member.writer = member.writer, None
+        if writer is not None and not writer.done() and writer is not asyncio.current_task():
+            writer.cancel()
+
+    async def _write(self, member: Member) -> None:
+        """Send what waits for ``member``: its direct messages, then for each group it
+        is behind in, the log's entries after its cursor; make it live again there once
+        it reaches the top. Ends when nothing waits (the next stuck write starts it)."""
+        send = member.sink.send
+        try:
+            while not member.closed:
+                direct = member.direct
+                if direct:
+                    message, barriers = direct[0]
+                    blocking = _blocking(member, barriers)
+                    if blocking is None:
+                        direct.popleft()
+                        await send(message)
+                        continue
+                    # Group messages that came before it go first.
+                    await self._write_group(member, blocking[0], send, blocking[1])
+                    continue
+                if not member.behind:
+                    return
+                group = next(iter(member.behind))
+                await self._write_group(member, group, send, MAX_OFFSET)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The peer went away (uvicorn: ClientDisconnected) or the app closed it.
+            self._gone(member)
+        finally:
+            if member.writer is asyncio.current_task():
+                member.writer = None
+
+    async def _write_group(self, member: Member, group: Group, send: Any, upto: int) -> None:
+        cursor = group.behind.get(member)
+        if cursor is None:  # left meanwhile
+            member.behind.pop(group, None)
             return
-        members[outbox.ws] = outbox
-        outbox.groups.add(group)
-
-    async def _remove(self, outbox: Outbox, group: str) -> None:
-        outbox.groups.discard(group)
-        members = self._groups.get(group)
-        if members is None:
+        replay = member.replay.get(group)
+        if replay:
+            offset, kind, body = replay.popleft()
+            if not replay:
+                del member.replay[group]
+            await send(message_for(member, group, offset, kind, body))
+            self.stats.delivered += 1
+            self._progress(group)
             return
-        members.pop(outbox.ws, None)
-        if not members:
-            # The last local member left: stop receiving the group's messages.
-            del self._groups[group]
-            self._sequences.forget(_GROUP + group)
-            await self.broker.unsubscribe(_GROUP + group)
+        if Registry.caught_up(member, group):
+            self._caught_up(member, group)
+            return
+        log = group.log
+        entries = log.after(cursor, min(_WRITE_BATCH, min(upto, group.delivered) - cursor))
+        if entries is None:
+            self._fell_off(member, group, cursor)
+            return
+        not_again = self._not_again.get(group)
+        for entry in entries:
+            if not_again is None or entry.offset not in not_again:
+                member.inflight = (group, entry.offset)
+                try:
+                    await send(message_for(member, group, entry.offset, entry.kind, entry.body))
+                finally:
+                    member.inflight = None
+                self.stats.delivered += 1
+            if group.behind.get(member) != cursor or group.log is not log:
+                return  # skipped, left or rejoined meanwhile: look again
+            cursor = group.behind[member] = entry.offset
+        self._progress(group)
 
-    def _report(self, outbox: Outbox, event: str, count: int) -> None:
-        if event == "dropped":
-            self.stats.dropped += count
-        elif event == "closed_slow":
+    def _caught_up(self, member: Member, group: Group) -> None:
+        if member.slow:
+            logger.info(
+                "WebSocket %s caught up with %r: it paces publishers again", member.id, group.name
+            )
+        member.slow = False
+        member.pace_since = None
+        self._progress(group)
+
+    def _progress(self, group: Group) -> None:
+        """A behind member moved: wake a publisher waiting for it."""
+        waiting = group.progress
+        if waiting is not None:
+            group.progress = None
+            if not waiting.done():
+                waiting.set_result(None)
+
+    def _gone(self, member: Member) -> None:
+        """The connection cannot be sent to: stop fanning out to it now (its groups are
+        left for real when its handler ends: `unregister`)."""
+        member.closed = True
+        member.direct.clear()
+        for group in list(member.groups):
+            group.live.pop(member, None)
+            group.behind.pop(member, None)
+        member.behind.clear()
+
+    def _fell_off(self, member: Member, group: Group, cursor: int) -> None:
+        """``member``'s next entry in ``group`` is gone from the log: its policy."""
+        log = group.log
+        # A cursor beyond the top is another epoch's (the log was replaced): nothing known.
+        missed = 0 if cursor > log.top.offset else max(0, log.first - 1 - cursor)
+        if member.policy == "close":
             self.stats.closed_slow += 1
-            self._forget(outbox)
-        elif event == "gone":
-            self._forget(outbox)
+            self.stats.skipped += missed
+            member.missed += missed
+            logger.warning(
+                "WebSocket %s fell behind the log of %r (it had %d message(s) still to "
+                "get when the log dropped them); closing it with %d, policy 'close'.",
+                member.id,
+                group.name,
+                missed,
+                SLOW_CONSUMER_CLOSE[0],
+            )
+            self._stop_writer(member)
+            self._gone(member)
+            spawn(self._close_slow(member))
+            return
+        # "skip": on to the newest entry; the member learns how many it missed.
+        top = log.top.offset
+        target = max(top - 1, log.first - 1)
+        missed = max(0, target - cursor) if cursor <= top else 0
+        if member.inflight == (group, cursor + 1) and missed:
+            missed -= 1  # being sent right now: it arrives
+        group.behind[member] = target
+        member.missed += missed
+        self.stats.skipped += missed
+        if member.missed == missed:  # once per connection
+            logger.warning(
+                "WebSocket %s fell behind the log of %r: skipped %d message(s) to the "
+                "newest (policy 'skip'); stats.skipped counts them.",
+                member.id,
+                group.name,
+                missed,
+            )
+        if member.groups.get(group, False):
+            member.direct.appendleft((skip_notice(group.name, log.epoch, target, missed), ()))
+        self._wake(member)
 
-    def _forget(self, outbox: Outbox) -> None:
-        """Stop fanning out to a member the writer found unreachable (synchronously).
+    async def _close_slow(self, member: Member) -> None:
+        try:
+            await member.sink.close(*SLOW_CONSUMER_CLOSE)
+        except Exception:  # the peer is gone too; keepalive reaps the socket
+            logger.debug("Could not close slow WebSocket %s", member.id, exc_info=True)
 
-        Its groups are left for real, and emptied groups unsubscribed, when the
-        connection's handler ends (``unregister``).
-        """
-        outbox.closed = True
-        for group in outbox.groups:
-            members = self._groups.get(group)
-            if members is not None:
-                members.pop(outbox.ws, None)
+    # ------------------------------------------------------------------ fan-out
+
+    async def _catch_up(self, group: Group) -> int:
+        """Fan out every entry of the group's log after ``delivered``, in order; return
+        how many members the last one reaches: written at once, or waiting in the log for
+        a member that is behind. One fan-out per group at a time: a publish during one
+        (it let the loop run) leaves its entry to it."""
+        if group.fanning:
+            return 0
+        log = group.log
+        reached = 0
+        while group.delivered < log.top.offset:
+            offset = group.delivered + 1
+            entry = log.entry(offset)
+            if entry is None:  # dropped before it was fanned out here
+                self._lost(group, log.first - offset, offset)
+                continue
+            group.delivered = offset
+            not_again = self._not_again.get(group)
+            if not_again is not None and offset in not_again:
+                not_again.discard(offset)
+                reached = 0
+                continue
+            live = group.live
+            reached = len(live) + len(group.behind)
+            if len(live) <= _CHUNK:
+                sent, stuck = deliver(group, live.items(), offset, entry.kind, entry.body)
+                if stuck:
+                    put_behind(group, stuck, offset - 1)
+                    for member in stuck:
+                        self._wake(member)
+            else:
+                sent = await self._deliver_sliced(group, offset, entry.kind, entry.body)
+            self.stats.delivered += sent
+        if log.first != group.first_seen:
+            group.first_seen = log.first
+            for member in Registry.fallen_off(group):
+                self._fell_off(member, group, group.behind[member])
+        return reached
+
+    async def _deliver_sliced(
+        self, group: Group, offset: int, kind: PayloadKind, body: bytes
+    ) -> int:
+        """`deliver` in chunks for a large group, letting the loop run between them."""
+        group.fanning = True
+        try:
+            members = list(group.live.items())
+            sent = 0
+            for start in range(0, len(members), _CHUNK):
+                if start:
+                    await self._yield_if_busy()
+                chunk = [(m, e) for m, e in members[start : start + _CHUNK] if m in group.live]
+                got, stuck = deliver(group, chunk, offset, kind, body)
+                sent += got
+                if stuck:
+                    put_behind(group, stuck, offset - 1)
+                    for member in stuck:
+                        self._wake(member)
+            return sent
+        finally:
+            group.fanning = False
+
+    def _lost(self, group: Group, count: int, offset: int) -> None:
+        """Entries from ``offset`` on (``count`` of them) will never be fanned out here."""
+        group.delivered = offset + count - 1
+        for member in group.live:
+            member.missed += count
+        self.stats.skipped += count * len(group.live)
+        self.stats.missed_remote += count
+        self._log_missed(_GROUP + group.name, count)
+
+    async def _pace(self, group: Group) -> None:
+        """Wait while a member that reads is far behind in ``group`` (see the module)."""
+        loop = asyncio.get_running_loop()
+        paced = False
+        while group.behind:
+            limit = self._high_water(group.log)
+            lagging = None
+            delivered = group.delivered
+            for member, cursor in group.behind.items():
+                if delivered - cursor > limit and not member.slow and not member.held:
+                    lagging = member
+                    break
+            if lagging is None:
+                return
+            now = loop.time()
+            if lagging.pace_since is None:
+                lagging.pace_since = now
+            left = lagging.pace_since + self.pace_timeout - now
+            if left <= 0:
+                lagging.slow = True
+                self.stats.slow += 1
+                logger.warning(
+                    "WebSocket %s has held publishers to %r back for %.1f s: it no longer "
+                    "paces them until it catches up (stats.slow)",
+                    lagging.id,
+                    group.name,
+                    self.pace_timeout,
+                )
+                continue
+            if not paced:
+                paced = True
+                self.stats.paced += 1
+            if group.progress is None:
+                group.progress = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await asyncio.shield(group.progress)
+            if group.lag(lagging) <= limit // 2:
+                lagging.pace_since = None
+
+    def _high_water(self, log: GroupLog) -> int:
+        """How far behind a member may be before it paces publishers: the high-water
+        mark, and at most half of what the log holds at its bounds."""
+        bounds = log.bounds
+        room = bounds.max_count or MAX_OFFSET
+        if bounds.max_bytes is not None and len(log):
+            average = max(1, log.nbytes // len(log))
+            room = min(room, bounds.max_bytes // average)
+        return max(1, min(self.pace_high_water, room // 2))
 
     # ------------------------------------------------------------------ sending
-
-    async def _fan_out(self, group: str, kind: str, body: bytes, exclude: WebSocket | None) -> int:
-        members = self._groups.get(group)
-        if not members:
-            return 0
-        # A snapshot: members may leave meanwhile.
-        return await self._deliver_sliced(
-            [o for o in list(members.values()) if o.ws is not exclude], kind, body
-        )
-
-    async def _deliver_sliced(self, outboxes: list[Outbox], kind: str, body: bytes) -> int:
-        """`_deliver`, in chunks for a large fan-out, letting the event loop run between
-        two chunks once it has been held for longer than SLICE."""
-        if len(outboxes) <= _CHUNK:
-            return self._deliver(outboxes, kind, body)
-        delivered = 0
-        for start in range(0, len(outboxes), _CHUNK):
-            if start:
-                await self._yield_if_busy()
-            delivered += self._deliver(outboxes[start : start + _CHUNK], kind, body)
-        return delivered
-
-    def _deliver(self, outboxes: list[Outbox], kind: str, body: bytes) -> int:
-        """Send a payload to ``outboxes``, encoded and framed once per member encoding."""
-        # Per encoding: the message, its frame, and the members to send to with the
-        # awaitable send (servers without nexios' send_nowait), all at the end.
-        forms: dict[str, tuple[Message, bytes, list[Outbox]]] = {}
-        delivered = 0
-        for outbox in outboxes:
-            form = forms.get(outbox.encoding)
-            if form is None:
-                form = forms[outbox.encoding] = (*_form(kind, body, outbox.encoding), [])
-            if outbox.push(form[0], form[1], form[2]):
-                delivered += 1
-        for message, _, together in forms.values():
-            if together:
-                delivered -= send_together(together, message)
-        self.stats.delivered += delivered
-        return delivered
 
     async def publish(
         self,
         group: str,
         payload: Any,
         *,
-        exclude: WebSocket | None = None,
+        exclude: Sink | None = None,
         save_history: bool = False,
-    ) -> int:
+    ) -> Published:
         """Send ``payload`` to every member of ``group``, in every process.
 
         ``str`` goes as a text message, ``bytes`` as binary, anything else as JSON
-        (encoded once). Returns how many local members it was queued for; the local
-        members get it even when the broker is down.
+        (encoded once). It is appended to the group's log first (``save_history`` is
+        kept for its name: every message is logged). Returns a `Published`: the number
+        of local members it was written to at once, and its ``position``. Waits while a
+        local member that reads is far behind (see ``pace_timeout``).
         """
         await self.start()
         kind, body = _encode(payload)
         self.stats.published += 1
-        if save_history:
-            # Saved first: a client that has seen the message live finds it in the
-            # history when it reloads, in every process.
-            await self._save(group, kind, body)
         self._slice_begin()
-        delivered = await self._fan_out(group, kind, body, exclude)
-        if self.broker.shared:
-            await self._publish_remote(_GROUP + group, {"k": kind}, body)
-        # On memory:// nothing above suspends: a loop of publishes would never let the
-        # event loop run.
+        channel = _GROUP + group
+        opened = self._registry.groups.get(group)
+        local = self.broker.local_log(channel) if self.broker.logs else None
+        if local is not None:
+            # In-process log: append, announce to the other layers of the hub, fan out.
+            position = await self.broker.append(channel, kind, body, "", self.bounds(group))
+            sent = 0
+            if opened is not None:
+                if opened.log is not local:  # forgotten meanwhile (clear_history)
+                    self._replace_log(opened, local)
+                if exclude is not None:
+                    member = self._registry.members.get(exclude)
+                    if member is not None and opened.live.get(member) is not None:
+                        sent = await self._catch_up_excluding(opened, member)
+                    else:
+                        sent = await self._catch_up(opened)
+                else:
+                    sent = await self._catch_up(opened)
+                if opened.behind:
+                    await self._pace(opened)
+            await self._yield_if_busy()
+            return Published(sent, position)
+        published = await self._publish_remote_log(group, opened, kind, body, exclude)
         await self._yield_if_busy()
-        return delivered
+        return published
+
+    async def _catch_up_excluding(self, group: Group, member: Member) -> int:
+        """`_catch_up`, but the excluded (live) member does not get the new entry."""
+        del group.live[member]
+        try:
+            return await self._catch_up(group)
+        finally:
+            if group in member.groups and member not in group.behind and not member.closed:
+                group.live[member] = member.groups[group]
+
+    async def _publish_remote_log(
+        self,
+        name: str,
+        group: Group | None,
+        kind: PayloadKind,
+        body: bytes,
+        exclude: Sink | None,
+    ) -> Published:
+        """Append to the broker's log; this process's members get it in offset order,
+        with what the other processes published (`_announced`)."""
+        msg_id = f"{self.origin}:{next(self._ids)}"
+        waiting: asyncio.Future[int] | None = None
+        if group is not None:
+            waiting = self._own[msg_id] = asyncio.get_running_loop().create_future()
+        stats = self.stats
+        try:
+            position = await self.broker.append(
+                _GROUP + name, kind, body, msg_id, self.bounds(name)
+            )
+        except (
+            BrokerRefused,
+            BrokerOutcomeUnknown,
+            BrokerUnavailable,
+            OSError,
+            NotImplementedError,
+        ) as exc:
+            self._own.pop(msg_id, None)
+            if isinstance(exc, NotImplementedError):
+                return await self._publish_unlogged(name, group, kind, body, exclude, msg_id, exc)
+            self._outage(exc)
+            if isinstance(exc, BrokerOutcomeUnknown):
+                stats.publish_unknown += 1
+                self._remember_unlogged(msg_id)
+            else:
+                stats.publish_failed += 1
+                if isinstance(exc, BrokerRefused):
+                    stats.publish_refused += 1
+            return await self._publish_unlogged(name, group, kind, body, exclude, msg_id, None)
+        stats.published_remote += 1
+        if self._publish_down:
+            self._outage_over()
+        if group is None or waiting is None:
+            return Published(0, position)
+        if not waiting.done():
+            await self._announced(group, position, kind, msg_id, body)
+        try:
+            if not waiting.done():
+                async with asyncio.timeout(_OWN_WAIT):
+                    await waiting
+            sent = waiting.result()
+        except TimeoutError:
+            sent = 0
+        finally:
+            self._own.pop(msg_id, None)
+        if group.behind:
+            await self._pace(group)
+        return Published(sent, position)
+
+    async def _publish_unlogged(
+        self,
+        name: str,
+        group: Group | None,
+        kind: PayloadKind,
+        body: bytes,
+        exclude: Sink | None,
+        msg_id: str,
+        error: BaseException | None,
+    ) -> Published:
+        """The broker could not log the message: local members still get it, with no
+        position (it is in no log: nobody can recover it)."""
+        if group is None:
+            return Published(0, None)
+        sent = 0
+        for member in [*group.live, *group.behind]:
+            if member.sink is exclude:
+                continue
+            message = message_for(member, group, None, kind, body)
+            if self._push_direct(member, message, None):
+                sent += 1
+        return Published(sent, None)
+
+    def _remember_unlogged(self, msg_id: str) -> None:
+        self._unlogged[msg_id] = None
+        if len(self._unlogged) > _UNLOGGED_IDS:
+            self._unlogged.popitem(last=False)
+
+    def _push_direct(self, member: Member, message: Message, frame: bytes | None) -> bool:
+        """A message outside the logs: now if nothing waits and the socket takes it,
+        else queued (bounded by ``outbox_size``: past it the oldest is dropped)."""
+        if member.closed:
+            return False
+        if not member.waiting and member.sink.send_nowait(message, frame):
+            return True
+        if len(member.direct) >= member.maxsize:
+            member.direct.popleft()
+            member.dropped += 1
+            self.stats.dropped += 1
+            if member.dropped == 1:
+                logger.warning(
+                    "WebSocket %s reads too slowly: %d messages sent to it by id wait; "
+                    "dropping the oldest from now on (stats.dropped counts them).",
+                    member.id,
+                    member.maxsize,
+                )
+        # After the group messages that came before it (to a member behind in a group).
+        barriers = tuple((group, group.delivered) for group in member.behind)
+        member.direct.append((message, barriers))
+        self._wake(member)
+        return True
 
     async def send_to(self, ids: Iterable[str], payload: Any) -> int:
         """Send ``payload`` to the connections whose ``ws.id`` is in ``ids``, wherever."""
@@ -518,19 +1130,26 @@ class ChannelLayer:
         kind, body = _encode(payload)
         self.stats.published += 1
         self._slice_begin()
-        delivered = await self._deliver_ids(targets, kind, body)
+        delivered = self._deliver_ids(targets, kind, body)
         if self.broker.shared:
-            await self._publish_remote(_DIRECT, {"k": kind, "i": targets}, body)
+            await self._publish_direct(_DIRECT, {"k": kind, "i": targets}, body)
         await self._yield_if_busy()
         return delivered
 
-    async def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
-        by_id = self._by_id
-        return await self._deliver_sliced(
-            [o for i in ids for o in list(by_id.get(i, ()))], kind, body
-        )
+    def _deliver_ids(self, ids: list[str], kind: str, body: bytes) -> int:
+        by_id = self._registry.by_id
+        forms: dict[str, tuple[Message, bytes]] = {}
+        sent = 0
+        for member in [m for i in ids for m in list(by_id.get(i, ()))]:
+            shaped = forms.get(member.encoding)
+            if shaped is None:
+                shaped = forms[member.encoding] = form(kind, body, member.encoding)
+            if self._push_direct(member, shaped[0], shaped[1]):
+                sent += 1
+        self.stats.delivered += sent
+        return sent
 
-    async def _publish_remote(self, channel: str, header: dict[str, Any], body: bytes) -> None:
+    async def _publish_direct(self, channel: str, header: dict[str, Any], body: bytes) -> None:
         header["o"] = self.origin
         header["s"] = self._sequences.stamp(channel)
         data = orjson.dumps(header) + b"\n" + body
@@ -565,7 +1184,8 @@ class ChannelLayer:
             stats.publish_unknown,
         )
         logger.warning(
-            "Broker unavailable (%s): messages reach this process's members only until it is back.",
+            "Broker unavailable (%s): messages reach this process's members only, "
+            "without a position, until it is back.",
             exc,
         )
 
@@ -574,7 +1194,6 @@ class ChannelLayer:
         began, failed, refused, unknown = self._outage_start
         stats = self.stats
         lost = stats.publish_failed - failed, stats.publish_unknown - unknown
-        # A WARNING when it reports messages lost (or maybe lost): nothing is lost silently.
         logger.log(
             logging.WARNING if any(lost) else logging.INFO,
             "Broker available again after %.1f s: messages reach every process. Meanwhile "
@@ -587,26 +1206,173 @@ class ChannelLayer:
             lost[1],
         )
 
+    # ------------------------------------------------------------------ from other processes
+
     async def _on_remote(self, channel: str, data: bytes) -> None:
-        head, _, body = data.partition(b"\n")
-        header = orjson.loads(head)
-        origin = header.get("o")
-        if origin == self.origin:
-            return  # our own message, already delivered locally
-        stats = self.stats
-        stats.received_remote += 1
-        n = header.get("s")
-        if n is not None and (channel == _DIRECT or channel[len(_GROUP) :] in self._groups):
-            missed = self._sequences.missed(origin, channel, n)
-            if missed:
-                stats.missed_remote = max(0, stats.missed_remote + missed)
-                if missed > 0:
-                    self._log_missed(channel, missed)
-        kind = header["k"]
         if channel == _DIRECT:
-            await self._deliver_ids(header["i"], kind, body)
-        elif channel.startswith(_GROUP):
-            await self._fan_out(channel[len(_GROUP) :], kind, body, None)
+            head, _, body = data.partition(b"\n")
+            header = orjson.loads(head)
+            origin = header.get("o")
+            if origin == self.origin:
+                return
+            self.stats.received_remote += 1
+            n = header.get("s")
+            if n is not None:
+                missed = self._sequences.missed(origin, channel, n)
+                if missed:
+                    self.stats.missed_remote = max(0, self.stats.missed_remote + missed)
+                    if missed > 0:
+                        self._log_missed(channel, missed)
+            self._deliver_ids(header["i"], header["k"], body)
+            return
+        if not channel.startswith(_GROUP):
+            return
+        name = channel[len(_GROUP) :]
+        position, kind, msg_id, body = parse_announcement(data)
+        if not msg_id.startswith(self.origin):
+            self.stats.received_remote += 1
+        group = self._registry.groups.get(name)
+        if group is None:
+            opening = self._opening.get(name)
+            if opening is not None and not opening.done():
+                # The group is being set up: keep it for when its log position is known.
+                self._pending_for_opening(name, position, kind, msg_id, body)
+            return
+        await self._announced(group, position, kind, msg_id, body)
+
+    def _pending_for_opening(
+        self, name: str, position: Position, kind: PayloadKind, msg_id: str, body: bytes
+    ) -> None:
+        holder = self._opening_pending.setdefault(name, {})
+        holder[position.offset] = (position, kind, msg_id, body)
+
+    async def _announced(
+        self, group: Group, position: Position, kind: PayloadKind, msg_id: str, body: bytes
+    ) -> None:
+        """A message of the group's stream, in whatever order it came: fan it out in
+        offset order (waiting for the ones before it, or reading them from the log)."""
+        log = group.log
+        local = self.broker.local_log(_GROUP + group.name)
+        if local is not None:
+            # A log in this process: it has the entry; fan out up to it.
+            if local is not log:
+                self._replace_log(group, local)
+            await self._fan_out_own(group, msg_id)
+            return
+        if position.epoch != log.epoch:
+            self._new_epoch(group, position)
+            log = group.log
+        top = log.top.offset
+        if position.offset <= top:
+            return  # had it already (our own message, announced after we logged it)
+        if position.offset > top + 1:
+            pending = self._pending.setdefault(group, {})
+            pending[position.offset] = (position, kind, msg_id, body)
+            if group not in self._filling:
+                self._filling.add(group)
+                spawn(self._fill(group))
+            return
+        self._append(group, kind, body, msg_id)
+        await self._fan_out_own(group, msg_id)
+        pending = self._pending.get(group) or {}
+        while pending:
+            following = pending.pop(group.log.top.offset + 1, None)
+            if following is None:
+                break
+            _, kind, msg_id, body = following
+            self._append(group, kind, body, msg_id)
+            await self._fan_out_own(group, msg_id)
+        if not pending:
+            self._pending.pop(group, None)
+
+    def _append(self, group: Group, kind: PayloadKind, body: bytes, msg_id: str) -> None:
+        group.log.append(kind, body, time.monotonic())
+        if msg_id in self._unlogged:
+            # Delivered here when the broker did not answer; it was logged after all.
+            del self._unlogged[msg_id]
+            self._not_again.setdefault(group, set()).add(group.log.top.offset)
+
+    async def _fan_out_own(self, group: Group, msg_id: str) -> None:
+        sent = await self._catch_up(group)
+        waiting = self._own.get(msg_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(sent)
+
+    def _new_epoch(self, group: Group, position: Position) -> None:
+        """The group's stream started over (the broker lost its past): a new copy from
+        just before this announcement; what members had not got of the old one is lost."""
+        old = group.log
+        if old.epoch != _UNKNOWN_EPOCH:
+            logger.warning(
+                "The log of %r started over (epoch %s, was %s): its past is lost; "
+                "members that were behind skip to the new stream",
+                group.name,
+                position.epoch,
+                old.epoch,
+            )
+        self._replace_log(group, GroupLog(position.epoch, old.bounds, start=position.offset - 1))
+
+    def _replace_log(self, group: Group, log: GroupLog) -> None:
+        """The group's stream is now ``log`` (another epoch): members go on from its
+        start; what they had not got of the old one is lost to them (counted)."""
+        old = group.log
+        group.log = log
+        group.delivered = log.first - 1  # everything the new log holds is still to fan out
+        group.first_seen = log.first
+        self._pending.pop(group, None)
+        self._not_again.pop(group, None)
+        for member, cursor in list(group.behind.items()):
+            missed = max(0, old.top.offset - cursor)
+            member.missed += missed
+            self.stats.skipped += missed
+            member.replay.pop(group, None)
+            group.behind[member] = group.delivered
+
+    async def _fill(self, group: Group) -> None:
+        """Announcements are missing before some that came: wait a moment for them, then
+        read them from the broker's log; what it no longer has is counted as lost."""
+        try:
+            await asyncio.sleep(_REORDER_WINDOW)
+            while self._pending.get(group) and self._registry.groups.get(group.name) is group:
+                pending = self._pending[group]
+                log = group.log
+                top = log.top.offset
+                low = min(pending)
+                if low == top + 1:
+                    _, kind, msg_id, body = pending.pop(low)
+                    self._append(group, kind, body, msg_id)
+                    await self._fan_out_own(group, msg_id)
+                    continue
+                try:
+                    read = await self.broker.read(_GROUP + group.name, top, low - 1 - top)
+                except (BrokerUnavailable, OSError):
+                    read = None
+                if group.log is not log:
+                    continue
+                got = 0
+                if read is not None and read.epoch == log.epoch:
+                    for entry in read.entries:
+                        if entry.offset != group.log.top.offset + 1 or entry.offset >= low:
+                            break
+                        self._append(group, entry.kind, entry.body, entry.id)
+                        got += 1
+                    if got:
+                        await self._fan_out_own(group, "")
+                if group.log.top.offset < low - 1:
+                    # Gone from the log too (or unreadable): lost for the members here.
+                    missing = low - 1 - group.log.top.offset
+                    fresh = GroupLog(log.epoch, log.bounds, start=low - 1)
+                    self._lost(group, missing, group.delivered + 1)
+                    group.log = fresh
+                    group.delivered = fresh.top.offset
+                    group.first_seen = fresh.first
+                    for member in list(group.behind):
+                        cursor = group.behind[member]
+                        member.missed += low - 1 - cursor
+                        group.behind[member] = low - 1
+                        member.replay.pop(group, None)
+        finally:
+            self._filling.discard(group)
 
     def _log_missed(self, channel: str, missed: int) -> None:
         now = time.monotonic()
@@ -614,8 +1380,9 @@ class ChannelLayer:
             return
         self._missed_logged = now
         logger.warning(
-            "Missed %d message(s) another process published on %r (this process was "
-            "not receiving from the broker); %d missed in all (stats.missed_remote).",
+            "Missed %d message(s) published on %r (this process was not receiving "
+            "from the broker, and the log no longer had them); %d missed in all "
+            "(stats.missed_remote).",
             missed,
             channel,
             self.stats.missed_remote,
@@ -623,46 +1390,42 @@ class ChannelLayer:
 
     # ------------------------------------------------------------------ history
 
-    async def _save(self, group: str, kind: str, body: bytes) -> None:
-        try:
-            await self.broker.add_history(
-                _GROUP + group, kind.encode() + b"\n" + body, self.history_size
-            )
-        except (BrokerUnavailable, OSError) as exc:
-            self.stats.history_failed += 1
-            if not self._history_down:  # once per outage: it may fail for every message
-                self._history_down = True
-                logger.warning(
-                    "Could not save history of %r: %s; messages are delivered but not "
-                    "saved until the broker is back (stats.history_failed counts them).",
-                    group,
-                    exc,
-                )
-            return
-        if self._history_down:
-            self._history_down = False
-            logger.warning(
-                "History saved again; %d message(s) were not saved in all (stats.history_failed).",
-                self.stats.history_failed,
-            )
-
     async def history(self, group: str, count: int | None = None) -> list[dict[str, Any]]:
-        """The group's saved messages, oldest first: ``{"id", "timestamp", "payload"}``."""
+        """The group's logged messages, oldest first (the last ``count``, by default at
+        most ``history_size``): ``{"id", "timestamp", "payload"}``, where ``id`` is the
+        message's position in its short form and ``timestamp`` when this process
+        logged or read it (Unix seconds)."""
         await self.start()
-        entries = await self.broker.history(_GROUP + group, count)
-        saved = []
-        for entry in entries:
-            kind, _, body = entry.data.partition(b"\n")
-            saved.append(
+        if count is None:
+            count = self.history_size
+        if count <= 0:
+            return []
+        channel = _GROUP + group
+        local = self.broker.local_log(channel) if self.broker.logs else None
+        if local is not None:
+            wall = time.time() - time.monotonic()
+            local.trim(time.monotonic())
+            return [
                 {
-                    "id": entry.id,
-                    "timestamp": entry.timestamp,
-                    "payload": _decode(kind.decode(), body),
+                    "id": f"{e.offset}:{local.epoch}",
+                    "timestamp": wall + e.time,
+                    "payload": _decode(e.kind, e.body),
                 }
-            )
-        return saved
+                for e in list(local)[-count:]
+            ]
+        if not self.broker.logs:
+            return []
+        top = await self.broker.read(channel, MAX_OFFSET, 0)
+        read = await self.broker.read(channel, max(top.first - 1, top.top - count), count)
+        now = time.time()
+        return [
+            {"id": f"{e.offset}:{read.epoch}", "timestamp": now, "payload": _decode(e.kind, e.body)}
+            for e in read.entries
+        ]
 
     async def clear_history(self, group: str | None = None) -> None:
+        """Forget the logs of ``group`` (of every group with None): their past is lost,
+        the next message starts a new epoch."""
         await self.start()
         await self.broker.clear_history(None if group is None else _GROUP + group)
 
@@ -670,27 +1433,47 @@ class ChannelLayer:
 
     def groups(self) -> dict[str, int]:
         """Each group with local members, and how many."""
-        return {group: len(members) for group, members in self._groups.items()}
+        return {name: len(group) for name, group in self._registry.groups.items() if len(group)}
 
-    def members(self, group: str) -> list[WebSocket]:
+    def members(self, group: str) -> list[Any]:
         """The local connections in ``group``."""
-        return list(self._groups.get(group, ()))
+        opened = self._registry.groups.get(group)
+        return [member.sink for member in opened.members()] if opened is not None else []
 
-    def groups_of(self, ws: WebSocket) -> set[str]:
-        outbox = self._members.get(ws)
-        return set(outbox.groups) if outbox is not None else set()
+    def groups_of(self, ws: Sink) -> set[str]:
+        member = self._registry.members.get(ws)
+        return {group.name for group in member.groups} if member is not None else set()
 
-    def outbox_of(self, ws: WebSocket) -> Outbox | None:
-        return self._members.get(ws)
+    def member_of(self, ws: Sink) -> Member | None:
+        """The connection's `Member`: its groups, what waits, what it missed."""
+        return self._registry.members.get(ws)
+
+    outbox_of = member_of  # the name of the earlier outbox
 
     async def flush_groups(self) -> None:
         """Empty every group in this process (connections stay open)."""
-        for group, members in list(self._groups.items()):
-            for outbox in list(members.values()):
-                await self._remove(outbox, group)
+        for group in list(self._registry.groups.values()):
+            for member in list(group.members()):
+                if self._registry.leave(member, group):
+                    await self._close_group(group)
 
     def __repr__(self) -> str:
         return (
-            f"<ChannelLayer {type(self.broker).__name__} groups={len(self._groups)} "
-            f"members={len(self._members)} healthy={self.healthy}>"
+            f"<ChannelLayer {type(self.broker).__name__} groups={len(self._registry.groups)} "
+            f"members={len(self._registry.members)} healthy={self.healthy}>"
         )
+
+
+def _blocking(member: Member, barriers: tuple[tuple[Group, int], ...]) -> tuple[Group, int] | None:
+    """The first group whose messages up to an offset must reach ``member`` before a
+    direct message queued then; None when none must."""
+    for group, offset in barriers:
+        cursor = group.behind.get(member)
+        if cursor is not None and cursor < offset and member.behind.get(group, 0) is None:
+            return group, offset
+    return None
+
+
+# The epoch of a copy made while the broker's log could not be read: replaced by the
+# first announcement's.
+_UNKNOWN_EPOCH = "unknown"

@@ -25,7 +25,7 @@ from nexios.websockets.codec import decode_json
 from nexios.websockets.guard import RATE_LIMITED
 
 if TYPE_CHECKING:
-    from nexios.channels.layer import ChannelLayer
+    from nexios.channels.layer import ChannelLayer, Joined, Published
     from nexios.websockets.guard import ConnectionWatch
 
 __all__ = [
@@ -404,6 +404,16 @@ class WebSocket:
             # uvicorn raises ClientDisconnected (an OSError) when the peer is gone.
             raise await self._peer_gone() from None
 
+    def send_nowait(self, message: Message, frame: bytes | None = None) -> bool:
+        """Send a ``websocket.send`` message now if that needs no waiting (nexios' server,
+        socket not full), else send nothing and return False. ``frame``: the message
+        already framed, written as is where no extension was negotiated. The channels
+        use it to write a fan-out without a task per member."""
+        nowait = self._send_nowait
+        return (
+            nowait is not None and self.application_state is _CONNECTED and nowait(message, frame)
+        )
+
     async def send(self, message: Message) -> None:
         """Send a raw ASGI message (``websocket.send`` or ``websocket.close``)."""
         if message["type"] == "websocket.close":
@@ -721,22 +731,39 @@ class WebSocket:
         return self.channels
 
     async def join(
-        self, group: str, *, encoding: Literal["auto", "json", "text", "bytes"] = "auto"
-    ) -> None:
+        self,
+        group: str,
+        *,
+        encoding: Literal["auto", "json", "text", "bytes"] = "auto",
+        since: object = None,
+        envelope: bool = False,
+    ) -> Joined:
         """Join ``group``: messages published to it reach this connection, from any process.
 
         The connection leaves every group when it closes. ``encoding`` chooses how group
         messages are sent to it: ``"auto"`` (str as text, bytes as binary, the rest as
         JSON), or always ``"json"``, ``"text"`` or ``"bytes"``.
+
+        ``since``: the last position the client saw (``Position``, its dict
+        ``{"epoch", "offset"}`` or its string ``"<offset>:<epoch>"``): every message
+        after it is sent first, then live ones, with no gap and no duplicate. The
+        result's ``recovered`` says whether that was possible (see ``Joined``).
+        ``envelope=True``: this group's messages come as JSON text
+        ``{"group", "epoch", "offset", "data"}``, so the client always knows its position.
         """
-        await self._layer().join(self, group, encoding=encoding)
+        return await self._layer().join(
+            self, group, encoding=encoding, since=since, envelope=envelope
+        )
 
     async def leave(self, group: str) -> None:
         """Leave ``group``."""
         await self._layer().leave(self, group)
 
-    async def publish(self, group: str, payload: Any, *, exclude_self: bool = False) -> int:
-        """Send ``payload`` to every member of ``group`` (but this connection, if asked)."""
+    async def publish(self, group: str, payload: Any, *, exclude_self: bool = False) -> Published:
+        """Send ``payload`` to every member of ``group`` (but this connection, if asked).
+
+        Returns the number of local members it was written to at once, an int with the
+        message's ``position`` in the group's log (see ``ChannelLayer.publish``)."""
         return await self._layer().publish(group, payload, exclude=self if exclude_self else None)
 
     @property
