@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from nexios import NexiosApp, WebSocket, WebSocketConfig, WSRouter
+from nexios.channels import Bounds
 from nexios.exceptions import HTTPException, WebSocketDisconnect
 from nexios.http.request import Request
 from nexios.http.response import NexiosResponse
@@ -54,7 +55,9 @@ app = NexiosApp(
     title="nexios chat",
     broker=BROKER_URL,
     websocket_config=WebSocketConfig(max_message_size=16 * 1024),
-    history_size=HISTORY_KEPT,
+    history_size=HISTORY_ON_JOIN,
+    # A room keeps its last messages however long it stays quiet.
+    log=Bounds(max_count=HISTORY_KEPT, max_age=None),
 )
 presence = presence_for(BROKER_URL)
 
@@ -71,7 +74,13 @@ unreleased: list[tuple[str, str, str, str]] = []
 
 
 def group(room: str) -> str:
+    """The room's messages: logged, so they are its history."""
     return f"chat:{room}"
+
+
+def events(room: str) -> str:
+    """Who is here and who is typing: for the moment, kept out of the history."""
+    return f"chat-events:{room}"
 
 
 def now_ms() -> int:
@@ -137,6 +146,7 @@ async def enter(ws: WebSocket, room: str, name: str) -> None:
     gets twice (by message id) and keeps the member list with the highest version.
     """
     await ws.join(group(room))
+    await ws.join(events(room))
     history = await app.channels.history(group(room), HISTORY_ON_JOIN)
     roster = await presence.roster(room)
     await ws.send_json(
@@ -168,7 +178,7 @@ async def converse(ws: WebSocket, room: str, name: str) -> None:
             said = {"type": "message", "room": room, "name": name, "text": message.text}
             await say(room, said)
         else:
-            await ws.publish(group(room), {"type": "typing", "name": name}, exclude_self=True)
+            await ws.publish(events(room), {"type": "typing", "name": name}, exclude_self=True)
 
 
 async def leave(ws: WebSocket, room: str, name: str, client: str) -> None:
@@ -209,7 +219,7 @@ async def tell_presence(
         "members": roster.names,
         "version": roster.version,
     }
-    await app.channels.publish(group(room), notice, exclude=exclude)
+    await app.channels.publish(events(room), notice, exclude=exclude)
 
 
 app.mount_ws_router(chat)

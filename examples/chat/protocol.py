@@ -21,7 +21,7 @@ MAX_NAME = 24  # characters
 MAX_TEXT = 1000  # characters of one message or announcement
 MAX_CLIENT_ID = 64
 HISTORY_ON_JOIN = 50  # messages a person sees on entering a room
-HISTORY_KEPT = 100  # messages a room keeps (NexiosApp(history_size=...))
+HISTORY_KEPT = 100  # messages a room keeps (its log's max_count)
 
 ROOM = re.compile(r"[A-Za-z0-9_-]{1,32}")
 CLIENT_ID = re.compile(rf"[A-Za-z0-9_-]{{8,{MAX_CLIENT_ID}}}")
