@@ -27,6 +27,7 @@ from nexios.testing._asgi import LifespanFailed
 from nexios.testing.client import AsyncTestClient, TestClient
 from nexios.testing.websocket import (
     AsyncWebSocketSession,
+    Envelope,
     WebSocketDenied,
     WebSocketDisconnect,
     WebSocketTestSession,
@@ -35,6 +36,7 @@ from nexios.testing.websocket import (
 __all__ = [
     "AsyncTestClient",
     "AsyncWebSocketSession",
+    "Envelope",
     "LifespanFailed",
     "TestClient",
     "WebSocketDenied",

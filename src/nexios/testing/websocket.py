@@ -12,13 +12,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias, TypeVar
+from typing import Any, Literal, NamedTuple, Self, TypeAlias, TypeVar
 
 import httpx
 import orjson
 from anyio.from_thread import BlockingPortal
 from uvicorn.protocols.utils import ClientDisconnected
 
+from nexios.channels.log import Position
 from nexios.testing._asgi import (
     ASGI_VERSION,
     AppConfig,
@@ -33,6 +34,7 @@ from nexios.websockets.errors import WebSocketDisconnect
 
 __all__ = [
     "AsyncWebSocketSession",
+    "Envelope",
     "WebSocketDenied",
     "WebSocketDisconnect",
     "WebSocketTestSession",
@@ -83,6 +85,18 @@ def _describe(message: Message) -> str:
     data: bytes = message["bytes"]
     shown_bytes = data if len(data) <= 60 else data[:60] + b"..."
     return f"a binary message of {len(data)} bytes ({shown_bytes!r})"
+
+
+class Envelope(NamedTuple):
+    """A group message in an envelope (``ws.join(group, envelope=True)``): its group,
+    its ``position`` (None for a message the broker could not log), and ``data``: the
+    payload (bytes decoded from base64). A ``missed`` notice (policy "skip") has
+    ``data`` None and ``missed`` > 0."""
+
+    group: str
+    position: Position | None
+    data: Any
+    missed: int = 0
 
 
 class WebSocketDenied(Exception):
@@ -231,6 +245,9 @@ class AsyncWebSocketSession:
         self.extra_headers: list[tuple[bytes, bytes]] = []
         #: Whether permessage-deflate was negotiated (offered and asked for by the app).
         self.compression = False
+        #: The last position seen in each group's envelopes (`receive_envelope`): what a
+        #: client would send back with ``since=`` when it reconnects.
+        self.positions: dict[str, Position] = {}
 
     # ------------------------------------------------------------------ properties
 
@@ -616,6 +633,37 @@ class AsyncWebSocketSession:
             return orjson.loads(await self.receive_bytes(timeout=timeout))
         raise ValueError(f"mode must be 'text' or 'binary', not {mode!r}.")
 
+    async def receive_envelope(self, *, timeout: float | None = None) -> Envelope:
+        """The next message, read as a group envelope (``{"group", "epoch", "offset",
+        "data"}``); records its position in `positions`. TypeError for anything else."""
+        message = await self.receive_json(timeout=timeout)
+        if not isinstance(message, dict) or not {"group", "epoch", "offset"} <= message.keys():
+            raise TypeError(f"Expected a group envelope, but the app sent {message!r:.200}.")
+        position = None
+        if message["epoch"] is not None:
+            position = Position(message["epoch"], message["offset"])
+            self.positions[message["group"]] = position
+        data = message.get("data")
+        if message.get("encoding") == "base64" and isinstance(data, str):
+            data = base64.b64decode(data)
+        return Envelope(message["group"], position, data, message.get("missed", 0))
+
+    async def drop(self) -> None:
+        """Cut the connection abruptly, as a network failure would (no Close frame: the
+        app sees code 1006), and wait (bounded) for the app to finish. To simulate a
+        reconnect, connect again and rejoin with the position in `positions`."""
+        if self._task is None:
+            raise RuntimeError("Enter the WebSocket session before dropping it.")
+        if self._phase == "open" and not self._client_gone:
+            self._client_gone = True
+            self._set_closed(1006, "")
+            self._to_app.put_nowait({"type": "websocket.disconnect", "code": 1006, "reason": ""})
+            self._changed.set()
+        task = self._task
+        if not task.done():
+            await asyncio.wait({task}, timeout=self._timeout)
+        self._raise_app_error()
+
     async def receive_ping(self, *, timeout: float | None = None) -> bytes:
         """The payload of the next Ping the app sent (already answered with a Pong)."""
         await self._wait(
@@ -763,6 +811,16 @@ class WebSocketTestSession:
 
     def receive_json(self, mode: JSONMode = "text", *, timeout: float | None = None) -> Any:
         return self._call(lambda: self._session.receive_json(mode, timeout=timeout))
+
+    def receive_envelope(self, *, timeout: float | None = None) -> Envelope:
+        return self._call(lambda: self._session.receive_envelope(timeout=timeout))
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return self._session.positions
+
+    def drop(self) -> None:
+        self._call(self._session.drop)
 
     def receive_ping(self, *, timeout: float | None = None) -> bytes:
         return self._call(lambda: self._session.receive_ping(timeout=timeout))
