@@ -56,7 +56,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - redis is in the dev extra
     raise ImportError(
@@ -231,35 +231,7 @@ class RedisBroker(Broker):
         sent; `BrokerOutcomeUnknown` when it was sent and no reply came within
         *timeout*: Redis may still deliver it (a stopped server runs it on resuming).
         """
-        name = self._channel_name(channel)
-        sent = False
-
-        async def send() -> None:
-            # Sent, then the reply awaited: what a failure means depends on which.
-            nonlocal sent
-            pool = self._client.connection_pool
-            connection = await cast(Any, pool).get_connection()  # untyped in redis-py
-            try:
-                await connection.send_command("PUBLISH", name, data)
-                sent = True
-                await connection.read_response()
-            except BaseException:
-                # A reply may still come: the connection cannot be used again.
-                with contextlib.suppress(RedisError, OSError):
-                    await connection.disconnect(nowait=True)
-                raise
-            finally:
-                await pool.release(connection)
-
-        try:
-            await self._command(send)
-        except BrokerUnavailable as exc:
-            if not sent:
-                raise
-            raise BrokerOutcomeUnknown(
-                f"Redis at {self._where} did not answer PUBLISH (it may still run it): "
-                f"{self._last_error}"
-            ) from exc.__cause__
+        await self._roundtrip("PUBLISH", ("PUBLISH", self._channel_name(channel), data))
 
     async def subscribe(self, channel: str) -> None:
         """Deliver *channel*'s messages through `listen`, across reconnections too.
@@ -484,6 +456,55 @@ class RedisBroker(Broker):
                 ) from exc
         self._answered()
         return result
+
+    async def _roundtrip(
+        self, what: str, command: tuple[Any, ...], fallback: tuple[Any, ...] | None = None
+    ) -> Any:
+        """Send *command* on a connection of our own, then read its reply, through
+        `_command`; if the reply is NOSCRIPT and there is a *fallback*, send that instead.
+
+        What a failure means depends on when it came, so this raises `BrokerUnavailable`
+        (or `BrokerRefused`) when nothing was sent, `BrokerOutcomeUnknown` (naming
+        *what*) when it was sent and no reply came. An error reply is raised as redis-py
+        raises it (the connection stays usable).
+        """
+        sent = False
+
+        async def exchange() -> Any:
+            nonlocal sent
+            pool = self._client.connection_pool
+            connection = await cast(Any, pool).get_connection()  # untyped in redis-py
+            try:
+                await connection.send_command(*command)
+                sent = True
+                try:
+                    return await connection.read_response()
+                except NoScriptError:
+                    if fallback is None:
+                        raise
+                sent = False  # the script did not run
+                await connection.send_command(*fallback)
+                sent = True
+                return await connection.read_response()
+            except ResponseError:
+                raise  # a reply: the connection is in step
+            except BaseException:
+                # A reply may still come: the connection cannot be used again.
+                with contextlib.suppress(RedisError, OSError):
+                    await connection.disconnect(nowait=True)
+                raise
+            finally:
+                await pool.release(connection)
+
+        try:
+            return await self._command(exchange)
+        except BrokerUnavailable as exc:
+            if not sent:
+                raise
+            raise BrokerOutcomeUnknown(
+                f"Redis at {self._where} did not answer {what} (it may still run it): "
+                f"{self._last_error}"
+            ) from exc.__cause__
 
     def _refused(self) -> BrokerRefused:
         return BrokerRefused(
