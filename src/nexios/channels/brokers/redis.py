@@ -1,8 +1,10 @@
 """The Redis broker: pub/sub between processes, one stream per channel for history.
 
 Every name this broker puts in Redis starts with its *prefix*: the pub/sub channel
-``f"{prefix}:{channel}"`` and the history stream ``f"{prefix}:history:{channel}"``.
-Processes that share a Redis server and a prefix share their channels.
+``f"{prefix}:{channel}"``, the history stream ``f"{prefix}:history:{channel}"``, and a
+group log's hash ``f"{prefix}:log:{{{channel}}}"`` and stream
+``f"{prefix}:stream:{{{channel}}}"`` (see `RedisBroker.append`). Processes that share
+a Redis server and a prefix share their channels.
 
 Two connection pools, two jobs. Commands (PUBLISH, XADD, XRANGE, ...) run at most
 *max_connections* at a time (more wait their turn, without a time limit); subscriptions
@@ -36,9 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -48,7 +52,10 @@ from nexios.channels.brokers.base import (
     BrokerRefused,
     BrokerUnavailable,
     HistoryEntry,
+    Logged,
+    LogRead,
 )
+from nexios.channels.log import Bounds, PayloadKind, Position
 
 try:
     from redis.asyncio import ConnectionPool, Redis
@@ -56,7 +63,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - redis is in the dev extra
     raise ImportError(
@@ -79,6 +86,173 @@ _BACKOFF_CAP = 2.0
 _PROBE_CAP = 0.25
 
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+
+
+# Group logs (issue 11): two keys per channel, in one Redis Cluster slot (hash tag
+# {channel}). The meta hash holds epoch, top (last offset), bytes (payload held), t (time
+# of the last append, ms) and age (max_age in ms, for `read`); the stream holds the
+# entries offset first..top, contiguous, with ids "<offset>-0" and fields k (kind),
+# b (body), i (message id), t (Redis TIME in ms, never decreasing). Both scripts run on
+# KEYS[1] = meta, KEYS[2] = stream, and ARGV[1] = a fresh epoch, used only if the log
+# has to be created.
+_LOG_PRELUDE = """
+local meta, stream = KEYS[1], KEYS[2]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+local function id_of(offset)
+  return string.format('%d-0', offset)
+end
+
+-- The log's state: epoch, top, bytes, t, age, created. A log that does not exist, or
+-- whose entries are gone (stream evicted or deleted alone), starts again: new epoch,
+-- top 0, no entry.
+local function open()
+  local state = redis.call('HMGET', meta, 'epoch', 'top', 'bytes', 't', 'age')
+  local top = tonumber(state[2])
+  if state[1] and top and (top == 0 or redis.call('EXISTS', stream) == 1) then
+    return state[1], top, tonumber(state[3]) or 0, tonumber(state[4]) or 0,
+      tonumber(state[5]), false
+  end
+  redis.call('DEL', meta, stream)
+  redis.call('HSET', meta, 'epoch', ARGV[1], 'top', 0, 'bytes', 0)
+  return ARGV[1], 0, 0, 0, nil, true
+end
+
+-- Drop the oldest entries while there are more than max_count, or more than max_bytes
+-- of bodies (the newest kept), or they were appended at or before cutoff (ms); nil
+-- lifts a bound. Reads the entries it drops and the oldest it keeps, in batches, then
+-- cuts them off with one XTRIM. Returns the new first offset and bytes.
+local function trim(first, top, bytes, max_count, max_bytes, cutoff)
+  local over_count = max_count and top - first + 1 > max_count
+  if not (over_count or (max_bytes and bytes > max_bytes) or cutoff) then
+    return first, bytes
+  end
+  local kept = first
+  local batch = 1
+  if over_count then
+    batch = math.min(top - first + 2 - max_count, 256)
+  end
+  local done = false
+  while not done and kept <= top do
+    local rows = redis.call('XRANGE', stream, id_of(kept), '+', 'COUNT', batch)
+    if #rows == 0 then
+      break
+    end
+    for _, row in ipairs(rows) do
+      local fields, size, time = row[2], 0, 0
+      for j = 1, #fields, 2 do
+        if fields[j] == 'b' then
+          size = #fields[j + 1]
+        elseif fields[j] == 't' then
+          time = tonumber(fields[j + 1])
+        end
+      end
+      local left = top - kept + 1
+      if (max_count and left > max_count) or (max_bytes and bytes > max_bytes and left > 1)
+          or (cutoff and time <= cutoff) then
+        bytes = bytes - size
+        kept = kept + 1
+      else
+        done = true
+        break
+      end
+    end
+    batch = 64
+  end
+  if kept > first then
+    redis.call('XTRIM', stream, 'MINID', id_of(kept))
+  end
+  return kept, bytes
+end
+"""
+
+# ARGV: epoch, kind, body, message id, max_count, max_bytes, max_age (ms), ttl (ms),
+# pub/sub channel ("" for a bound that is None). Returns {epoch, offset}.
+_APPEND_LUA = (
+    _LOG_PRELUDE
+    + """
+local epoch, top, bytes, last = open()
+local kind, body, id = ARGV[2], ARGV[3], ARGV[4]
+local max_count, max_bytes, max_age = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local ttl = tonumber(ARGV[8])
+local time = math.max(now, last)
+top = top + 1
+redis.call('XADD', stream, id_of(top), 'k', kind, 'b', body, 'i', id, 't', time)
+bytes = bytes + #body
+local first = top - redis.call('XLEN', stream) + 1
+first, bytes = trim(first, top, bytes, max_count, max_bytes, max_age and time - max_age)
+redis.call('HSET', meta, 'top', top, 'bytes', bytes, 't', time)
+if max_age then
+  redis.call('HSET', meta, 'age', ARGV[7])
+else
+  redis.call('HDEL', meta, 'age')
+end
+if ttl then
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', stream, ttl)
+else
+  redis.call('PERSIST', meta)
+  redis.call('PERSIST', stream)
+end
+local head = string.format('%d', top) .. ':' .. epoch .. '\\n' .. kind .. '\\n' .. id .. '\\n'
+redis.call('PUBLISH', ARGV[9], head .. body)
+return {epoch, top}
+"""
+)
+
+# ARGV: epoch, after, limit ("" for None), ttl (ms) of a log created empty here.
+# Returns {epoch, top, first, entries} (entries as XRANGE returns them).
+_READ_LUA = (
+    _LOG_PRELUDE
+    + """
+local epoch, top, bytes, last, age, created = open()
+if created then
+  redis.call('PEXPIRE', meta, ARGV[4])
+end
+local after, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local first = top + 1
+if top > 0 then
+  first = top - redis.call('XLEN', stream) + 1
+end
+if age and first <= top then
+  local kept
+  kept, bytes = trim(first, top, bytes, nil, nil, now - age)
+  if kept > first then
+    first = kept
+    redis.call('HSET', meta, 'bytes', bytes)
+  end
+end
+local entries = {}
+if after >= first - 1 and after < top and (not limit or limit > 0) then
+  if limit then
+    entries = redis.call('XRANGE', stream, id_of(after + 1), '+', 'COUNT', limit)
+  else
+    entries = redis.call('XRANGE', stream, id_of(after + 1), '+')
+  end
+end
+return {epoch, top, first, entries}
+"""
+)
+
+#: How long a log lives after its last append when its entries expire (max_age set):
+#: at least this, so that a quiet group keeps its epoch for a while; also the life of a
+#: log that `read` created and nothing appended to.
+_LOG_IDLE_TTL = 3600.0
+
+
+class _Script:
+    """A Lua script and its SHA1, for EVALSHA."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+_APPEND = _Script(_APPEND_LUA)
+_READ = _Script(_READ_LUA)
 
 
 class _Stopped(Exception):
@@ -231,35 +405,7 @@ class RedisBroker(Broker):
         sent; `BrokerOutcomeUnknown` when it was sent and no reply came within
         *timeout*: Redis may still deliver it (a stopped server runs it on resuming).
         """
-        name = self._channel_name(channel)
-        sent = False
-
-        async def send() -> None:
-            # Sent, then the reply awaited: what a failure means depends on which.
-            nonlocal sent
-            pool = self._client.connection_pool
-            connection = await cast(Any, pool).get_connection()  # untyped in redis-py
-            try:
-                await connection.send_command("PUBLISH", name, data)
-                sent = True
-                await connection.read_response()
-            except BaseException:
-                # A reply may still come: the connection cannot be used again.
-                with contextlib.suppress(RedisError, OSError):
-                    await connection.disconnect(nowait=True)
-                raise
-            finally:
-                await pool.release(connection)
-
-        try:
-            await self._command(send)
-        except BrokerUnavailable as exc:
-            if not sent:
-                raise
-            raise BrokerOutcomeUnknown(
-                f"Redis at {self._where} did not answer PUBLISH (it may still run it): "
-                f"{self._last_error}"
-            ) from exc.__cause__
+        await self._roundtrip("PUBLISH", ("PUBLISH", self._channel_name(channel), data))
 
     async def subscribe(self, channel: str) -> None:
         """Deliver *channel*'s messages through `listen`, across reconnections too.
@@ -451,6 +597,96 @@ class RedisBroker(Broker):
 
         await self._command(delete_all)
 
+    # Logs.
+
+    logs = True
+
+    async def append(
+        self, channel: str, kind: PayloadKind, body: bytes, msg_id: str, bounds: Bounds
+    ) -> Position:
+        """Append a message to *channel*'s log and announce it, in one Lua script.
+
+        The log lives in two keys, in one Redis Cluster slot (the hash tag is the
+        channel): the hash ``f"{prefix}:log:{{{channel}}}"`` (``epoch``, ``top``,
+        ``bytes``, ``t`` the last append's time, ``age`` the last *max_age*) and the
+        stream ``f"{prefix}:stream:{{{channel}}}"``, one entry per offset with id
+        ``"<offset>-0"``. The script creates the log with a new epoch if it is missing
+        (never written, expired, flushed, or its stream lost), adds the entry at
+        ``top + 1`` stamped with Redis's clock (never earlier than the previous entry),
+        drops the oldest entries the *bounds* no longer allow (the newest always kept),
+        gives both keys a TTL of ``max(max_age, 1 hour)`` when *max_age* is set (none
+        otherwise), and PUBLISHes `announcement` on the channel's pub/sub name, so
+        subscribers get announcements in offset order. Needs Redis 6.2 (XTRIM MINID).
+
+        Raises like `publish`, never retrying: `BrokerRefused` (known down, not sent),
+        `BrokerUnavailable` (not sent, or refused by Redis with an error: not appended),
+        `BrokerOutcomeUnknown` (sent, no reply: it may have been appended and
+        announced, now or when Redis resumes).
+        """
+        if "\n" in msg_id:
+            raise ValueError(f"message id {msg_id!r} has a newline: announcements split there")
+        args = (
+            secrets.token_hex(8),
+            kind,
+            body,
+            msg_id,
+            _optional(bounds.max_count),
+            _optional(bounds.max_bytes),
+            "" if bounds.max_age is None else repr(bounds.max_age * 1000),
+            "" if bounds.max_age is None else str(round(max(bounds.max_age, _LOG_IDLE_TTL) * 1000)),
+            self._channel_name(channel),
+        )
+        reply = await self._script("append", _APPEND, channel, args)
+        epoch, offset = cast("list[Any]", reply)
+        return Position(epoch.decode(), int(offset))
+
+    async def read(self, channel: str, after: int, limit: int | None = None) -> LogRead:
+        """*channel*'s log after offset *after* (at most *limit* entries), in one Lua
+        script, so the epoch, top, first and entries agree.
+
+        Drops the entries older than the *max_age* of the last `append` first (an
+        expired entry is never returned). A missing log is created empty with a new
+        epoch, which lives an hour unless something is appended. Keys: see `append`.
+        Raises `BrokerUnavailable` (or `BrokerRefused`, `BrokerOutcomeUnknown`).
+        """
+        args = (
+            secrets.token_hex(8),
+            str(int(after)),
+            _optional(limit),
+            str(round(_LOG_IDLE_TTL * 1000)),
+        )
+        reply = await self._script("read", _READ, channel, args)
+        epoch, top, first, rows = cast("list[Any]", reply)
+        entries = []
+        for entry_id, flat in cast("list[tuple[bytes, list[bytes]]]", rows):
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            entries.append(
+                Logged(
+                    int(entry_id.partition(b"-")[0]),
+                    cast(PayloadKind, fields[b"k"].decode()),
+                    fields[b"b"],
+                    fields[b"i"].decode(),
+                )
+            )
+        return LogRead(epoch.decode(), int(top), int(first), entries)
+
+    async def _script(self, what: str, script: _Script, channel: str, args: tuple[Any, ...]) -> Any:
+        """Run a log script on *channel*'s keys: EVALSHA, then EVAL if Redis lacks it."""
+        keys = (self._log_key(channel), self._stream_key(channel))
+        try:
+            return await self._roundtrip(
+                f"the log {what} script",
+                ("EVALSHA", script.sha, len(keys), *keys, *args),
+                ("EVAL", script.text, len(keys), *keys, *args),
+            )
+        except ResponseError as exc:
+            # An error reply (WRONGTYPE, OOM, BUSY, ...): the scripts fail before they
+            # append anything (OOM is checked at a script's first write, and the only
+            # write before XADD creates an empty log).
+            raise BrokerUnavailable(
+                f"Redis at {self._where} refused the log {what} script: {exc}"
+            ) from exc
+
     # Internals.
 
     def _channel_name(self, channel: str) -> str:
@@ -458,6 +694,12 @@ class RedisBroker(Broker):
 
     def _history_key(self, channel: str) -> str:
         return f"{self.prefix}:history:{channel}"
+
+    def _log_key(self, channel: str) -> str:
+        return f"{self.prefix}:log:{{{channel}}}"
+
+    def _stream_key(self, channel: str) -> str:
+        return f"{self.prefix}:stream:{{{channel}}}"
 
     def _check_running(self) -> None:
         if self._stopping:
@@ -484,6 +726,55 @@ class RedisBroker(Broker):
                 ) from exc
         self._answered()
         return result
+
+    async def _roundtrip(
+        self, what: str, command: tuple[Any, ...], fallback: tuple[Any, ...] | None = None
+    ) -> Any:
+        """Send *command* on a connection of our own, then read its reply, through
+        `_command`; if the reply is NOSCRIPT and there is a *fallback*, send that instead.
+
+        What a failure means depends on when it came, so this raises `BrokerUnavailable`
+        (or `BrokerRefused`) when nothing was sent, `BrokerOutcomeUnknown` (naming
+        *what*) when it was sent and no reply came. An error reply is raised as redis-py
+        raises it (the connection stays usable).
+        """
+        sent = False
+
+        async def exchange() -> Any:
+            nonlocal sent
+            pool = self._client.connection_pool
+            connection = await cast(Any, pool).get_connection()  # untyped in redis-py
+            try:
+                await connection.send_command(*command)
+                sent = True
+                try:
+                    return await connection.read_response()
+                except NoScriptError:
+                    if fallback is None:
+                        raise
+                sent = False  # the script did not run
+                await connection.send_command(*fallback)
+                sent = True
+                return await connection.read_response()
+            except ResponseError:
+                raise  # a reply: the connection is in step
+            except BaseException:
+                # A reply may still come: the connection cannot be used again.
+                with contextlib.suppress(RedisError, OSError):
+                    await connection.disconnect(nowait=True)
+                raise
+            finally:
+                await pool.release(connection)
+
+        try:
+            return await self._command(exchange)
+        except BrokerUnavailable as exc:
+            if not sent:
+                raise
+            raise BrokerOutcomeUnknown(
+                f"Redis at {self._where} did not answer {what} (it may still run it): "
+                f"{self._last_error}"
+            ) from exc.__cause__
 
     def _refused(self) -> BrokerRefused:
         return BrokerRefused(
@@ -600,6 +891,11 @@ class RedisBroker(Broker):
                 if not confirmed.done():
                     confirmed.set_result(None)
         self._confirmations.clear()
+
+
+def _optional(number: int | None) -> str:
+    """A bound or limit as a script argument: "" for None."""
+    return "" if number is None else str(number)
 
 
 def _describe(exc: BaseException) -> str:
