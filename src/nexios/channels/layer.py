@@ -121,6 +121,7 @@ class ChannelStats:
         "closed_slow",
         "delivered",
         "dropped",
+        "gap_filled",
         "history_failed",
         "missed_remote",
         "paced",
@@ -158,6 +159,9 @@ class ChannelStats:
         # Messages of other processes this one did not receive and could not recover
         # from the log (gaps in offsets, or in the numbers of messages sent by id).
         self.missed_remote = 0
+        # Messages this process did not receive when published but read back from the
+        # log (its broker connection dropped, or announcements came out of order).
+        self.gap_filled = 0
         # Kept for the name: logs replaced save_history; always 0.
         self.history_failed = 0
 
@@ -1229,8 +1233,6 @@ class ChannelLayer:
             return
         name = channel[len(_GROUP) :]
         position, kind, msg_id, body = parse_announcement(data)
-        if not msg_id.startswith(self.origin):
-            self.stats.received_remote += 1
         group = self._registry.groups.get(name)
         if group is None:
             opening = self._opening.get(name)
@@ -1255,6 +1257,7 @@ class ChannelLayer:
         local = self.broker.local_log(_GROUP + group.name)
         if local is not None:
             # A log in this process: it has the entry; fan out up to it.
+            self.stats.received_remote += 1
             if local is not log:
                 self._replace_log(group, local)
             await self._fan_out_own(group, msg_id)
@@ -1286,7 +1289,10 @@ class ChannelLayer:
             self._pending.pop(group, None)
 
     def _append(self, group: Group, kind: PayloadKind, body: bytes, msg_id: str) -> None:
+        """Add the next entry to this process's copy of a remote log."""
         group.log.append(kind, body, time.monotonic())
+        if not msg_id.startswith(self.origin):
+            self.stats.received_remote += 1
         if msg_id in self._unlogged:
             # Delivered here when the broker did not answer; it was logged after all.
             del self._unlogged[msg_id]
@@ -1356,6 +1362,14 @@ class ChannelLayer:
                             break
                         self._append(group, entry.kind, entry.body, entry.id)
                         got += 1
+                    self.stats.gap_filled += got
+                    if got:
+                        logger.info(
+                            "Read %d message(s) of %r back from the log: this process "
+                            "had not received them (stats.gap_filled)",
+                            got,
+                            group.name,
+                        )
                     if got:
                         await self._fan_out_own(group, "")
                 if group.log.top.offset < low - 1:

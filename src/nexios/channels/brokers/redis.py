@@ -575,25 +575,33 @@ class RedisBroker(Broker):
         return entries
 
     async def clear_history(self, channel: str | None = None) -> None:
-        """Delete *channel*'s history, or with None every channel's under this prefix.
+        """Delete *channel*'s history and log, or with None every channel's under this
+        prefix: the next append starts a new epoch.
 
         Raises `BrokerUnavailable` when Redis cannot be reached.
         """
         if channel is not None:
-            key = self._history_key(channel)
-            await self._command(lambda: self._client.delete(key))
+            history = self._history_key(channel)
+            log = (self._log_key(channel), self._stream_key(channel))
+
+            async def delete_one() -> None:
+                await self._client.delete(history)
+                await self._client.delete(*log)  # one slot: the channel is their hash tag
+
+            await self._command(delete_one)
             return
-        pattern = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + ":history:*"
+        prefix = _GLOB_SPECIAL.sub(r"\\\1", self.prefix)
 
         async def delete_all() -> None:
-            batch: list[bytes] = []
-            async for key in self._client.scan_iter(match=pattern, count=500):
-                batch.append(key)
-                if len(batch) == 500:
+            for kind in ("history", "log", "stream"):
+                batch: list[bytes] = []
+                async for key in self._client.scan_iter(match=f"{prefix}:{kind}:*", count=500):
+                    batch.append(key)
+                    if len(batch) == 500:
+                        await self._client.delete(*batch)
+                        batch.clear()
+                if batch:
                     await self._client.delete(*batch)
-                    batch.clear()
-            if batch:
-                await self._client.delete(*batch)
 
         await self._command(delete_all)
 
