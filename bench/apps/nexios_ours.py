@@ -1,4 +1,4 @@
-"""This project's nexios: ``ws.join`` and ``app.channels.publish`` (encode once, outboxes).
+"""This project's nexios: ``ws.join`` and ``app.channels.publish`` (encode once, group logs).
 
 The broker is ``$NEXIOS_BROKER_URL`` (the cross-process workload sets Redis), else memory.
 """
@@ -48,11 +48,30 @@ async def flood_member(ws: WebSocket) -> None:
 
 async def flood(ws: WebSocket, first: int, count: int, size: int) -> None:
     """``count`` binary messages to the flood group, ``app.channels.publish`` each; the
-    answer carries the layer's count of messages its outboxes dropped so far."""
+    answer carries what the layer counted: members closed or skipped past, publishes
+    paced, and the position of the last message."""
     body = b"." * (size - 8)
+    sent = None
     for seq in range(first, first + count):
-        await app.channels.publish(FLOOD_GROUP, seq.to_bytes(8, "big") + body)
-    await ws.send_text(f"done dropped={app.channels.stats.dropped}")
+        sent = await app.channels.publish(FLOOD_GROUP, seq.to_bytes(8, "big") + body)
+    stats = app.channels.stats
+    await ws.send_text(
+        f"done closed_slow={stats.closed_slow} skipped={stats.skipped} paced={stats.paced} "
+        f"slow={stats.slow} position={sent.position if sent is not None else None}"
+    )
+
+
+@app.ws_route("/ws/resume")
+async def resume(ws: WebSocket) -> None:
+    """Joins the flood group from ``?since=<position>``: the resume-cost benchmark
+    (bench/resume.py) times how long the replay takes."""
+    await ws.accept()
+    joined = await ws.join(FLOOD_GROUP, since=ws.query_params["since"])
+    if not joined.recovered:
+        await ws.close(4000, f"not recovered: {joined.reason}")
+        return
+    async for _ in ws.iter_bytes():
+        pass
 
 
 @app.ws_route("/ws/control")
