@@ -347,3 +347,25 @@ async def test_log_bounds_are_per_group_and_validated() -> None:
             layer(slow_consumer="sometimes")  # type: ignore[arg-type]
     finally:
         await channels.stop()
+
+
+async def test_exclude_holds_for_a_member_that_is_behind() -> None:
+    """The excluded member is behind when the message is published: its writer, which
+    catches it up from the log, leaves that message out."""
+    channels = layer()
+    a, b = FakeSink("a", room=1), FakeSink("b")
+    a.stall()
+    try:
+        await channels.join(a, "room")
+        await channels.join(b, "room")
+        await channels.publish("room", "one")
+        await channels.publish("room", "two")  # a's socket is full: a is behind
+        await channels.publish("room", "from a", exclude=a)
+        await channels.publish("room", "three")
+        a.resume()
+        await a.wait_for(3)
+        await b.wait_for(4)
+        assert a.payloads() == ["one", "two", "three"]
+        assert b.payloads() == ["one", "two", "from a", "three"]
+    finally:
+        await channels.stop()

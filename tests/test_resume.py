@@ -51,7 +51,7 @@ def feed_app(broker: Broker, log: Bounds | None = None) -> NexiosApp:
             }
         )
         async for text in ws.iter_text():
-            await ws.publish("news", text)
+            await ws.publish("news", text, exclude_self=text.startswith("quiet"))
 
     return app
 
@@ -156,3 +156,20 @@ async def test_the_sync_test_client_sees_envelopes_and_can_drop() -> None:
             assert ws.positions["news"] == envelope.position
             ws.drop()
             assert ws.close_code == 1006
+
+
+async def test_exclude_self_holds_in_every_process(make_broker: BrokerFactory) -> None:
+    async with two_processes(make_broker) as (_, a, _app_b, b):
+        async with a.websocket_connect("/feed") as one, b.websocket_connect("/feed") as two:
+            await one.receive_json()
+            await two.receive_json()
+            await one.send_text("quiet: not to me")
+            await one.send_text("to all")
+            assert [(await read(two, 1))[0].data for _ in range(2)] == [
+                "quiet: not to me",
+                "to all",
+            ]
+            (got,) = await read(one, 1)
+            assert got.data == "to all"  # its own quiet message was left out
+            assert got.position is not None
+            assert got.position.offset == 2

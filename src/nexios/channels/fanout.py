@@ -86,15 +86,16 @@ def deliver(
     exclude: object = None,
 ) -> tuple[int, list[Member]]:
     """Write one entry (``offset`` None: a message outside the log) to ``members``
-    (live ones, with their envelope flag) whose socket takes it at once. Returns how
-    many got it and the members whose socket did not (the caller puts them behind,
-    after the loop: the members' dict is not changed while it is iterated)."""
+    (live ones, with their envelope flag) whose socket takes it at once, but
+    ``exclude`` (a member, or a sink). Returns how many got it and the members whose
+    socket did not (the caller puts them behind, after the loop: the members' dict is
+    not changed while it is iterated)."""
     forms: dict[object, Form] = {}
     sent = 0
     stuck: list[Member] = []
     for member, wants_envelope in members:
         sink = member.sink
-        if sink is exclude:
+        if member is exclude or sink is exclude:
             continue
         key: object = True if wants_envelope else member.encoding
         shaped = forms.get(key)

@@ -355,9 +355,8 @@ class ChannelLayer:
         # Publishes of this process waiting for their message's fan-out here (by id).
         self._own: dict[str, asyncio.Future[int]] = {}
         self._unlogged: OrderedDict[str, None] = OrderedDict()
-        # Offsets of entries not to write to live members (they had the message already,
-        # sent when the broker's outcome was unknown), by group.
-        self._not_again: dict[Group, set[int]] = {}
+        # Publishes with ``exclude``, by message id, until their offset is known.
+        self._excluding: dict[str, Member] = {}
         self._outage_start: tuple[float, int, int, int] = (0.0, 0, 0, 0)
         self._missed_logged: float | None = None
         self._slice_start = 0.0
@@ -609,7 +608,6 @@ class ChannelLayer:
     async def _close_group(self, group: Group) -> None:
         """The last local member left: stop receiving the group's messages."""
         self._pending.pop(group, None)
-        self._not_again.pop(group, None)
         await self.broker.unsubscribe(_GROUP + group.name)
 
     async def _join(
@@ -750,9 +748,9 @@ class ChannelLayer:
         if entries is None:
             self._fell_off(member, group, cursor)
             return
-        not_again = self._not_again.get(group)
+        skip = group.skip
         for entry in entries:
-            if not_again is None or entry.offset not in not_again:
+            if not skip or not _skips(skip.get(entry.offset), member):
                 member.inflight = (group, entry.offset)
                 try:
                     await send(message_for(member, group, entry.offset, entry.kind, entry.body))
@@ -857,15 +855,14 @@ class ChannelLayer:
                 self._lost(group, log.first - offset, offset)
                 continue
             group.delivered = offset
-            not_again = self._not_again.get(group)
-            if not_again is not None and offset in not_again:
-                not_again.discard(offset)
+            skipped = group.skip.get(offset) if group.skip else None
+            if skipped is _EVERYONE:
                 reached = 0
                 continue
             live = group.live
-            reached = len(live) + len(group.behind)
+            reached = len(live) + len(group.behind) - (skipped is not None)
             if len(live) <= _CHUNK:
-                sent, stuck = deliver(group, live.items(), offset, entry.kind, entry.body)
+                sent, stuck = deliver(group, live.items(), offset, entry.kind, entry.body, skipped)
                 if stuck:
                     put_behind(group, stuck, offset - 1)
                     for member in stuck:
@@ -875,6 +872,9 @@ class ChannelLayer:
             self.stats.delivered += sent
         if log.first != group.first_seen:
             group.first_seen = log.first
+            if group.skip:
+                for gone in [o for o in group.skip if o < log.first]:
+                    del group.skip[gone]
             for member in Registry.fallen_off(group):
                 self._fell_off(member, group, group.behind[member])
         return reached
@@ -891,7 +891,7 @@ class ChannelLayer:
                 if start:
                     await self._yield_if_busy()
                 chunk = [(m, e) for m, e in members[start : start + _CHUNK] if m in group.live]
-                got, stuck = deliver(group, chunk, offset, kind, body)
+                got, stuck = deliver(group, chunk, offset, kind, body, group.skip.get(offset))
                 sent += got
                 if stuck:
                     put_behind(group, stuck, offset - 1)
@@ -992,14 +992,10 @@ class ChannelLayer:
             if opened is not None:
                 if opened.log is not local:  # forgotten meanwhile (clear_history)
                     self._replace_log(opened, local)
-                if exclude is not None:
-                    member = self._registry.members.get(exclude)
-                    if member is not None and opened.live.get(member) is not None:
-                        sent = await self._catch_up_excluding(opened, member)
-                    else:
-                        sent = await self._catch_up(opened)
-                else:
-                    sent = await self._catch_up(opened)
+                excluded = self._registry.members.get(exclude) if exclude is not None else None
+                if excluded is not None and opened in excluded.groups:
+                    opened.skip[position.offset] = excluded
+                sent = await self._catch_up(opened)
                 if opened.behind:
                     await self._pace(opened)
             await self._yield_if_busy()
@@ -1007,15 +1003,6 @@ class ChannelLayer:
         published = await self._publish_remote_log(group, opened, kind, body, exclude)
         await self._yield_if_busy()
         return published
-
-    async def _catch_up_excluding(self, group: Group, member: Member) -> int:
-        """`_catch_up`, but the excluded (live) member does not get the new entry."""
-        del group.live[member]
-        try:
-            return await self._catch_up(group)
-        finally:
-            if group in member.groups and member not in group.behind and not member.closed:
-                group.live[member] = member.groups[group]
 
     async def _publish_remote_log(
         self,
@@ -1031,6 +1018,9 @@ class ChannelLayer:
         waiting: asyncio.Future[int] | None = None
         if group is not None:
             waiting = self._own[msg_id] = asyncio.get_running_loop().create_future()
+            excluded = self._registry.members.get(exclude) if exclude is not None else None
+            if excluded is not None:
+                self._excluding[msg_id] = excluded
         stats = self.stats
         try:
             position = await self.broker.append(
@@ -1044,6 +1034,7 @@ class ChannelLayer:
             NotImplementedError,
         ) as exc:
             self._own.pop(msg_id, None)
+            self._excluding.pop(msg_id, None)
             if isinstance(exc, NotImplementedError):
                 return await self._publish_unlogged(name, group, kind, body, exclude, msg_id, exc)
             self._outage(exc)
@@ -1071,6 +1062,7 @@ class ChannelLayer:
             sent = 0
         finally:
             self._own.pop(msg_id, None)
+            self._excluding.pop(msg_id, None)
         if group.behind:
             await self._pace(group)
         return Published(sent, position)
@@ -1296,7 +1288,11 @@ class ChannelLayer:
         if msg_id in self._unlogged:
             # Delivered here when the broker did not answer; it was logged after all.
             del self._unlogged[msg_id]
-            self._not_again.setdefault(group, set()).add(group.log.top.offset)
+            group.skip[group.log.top.offset] = _EVERYONE
+        else:
+            excluded = self._excluding.get(msg_id)
+            if excluded is not None and group in excluded.groups:
+                group.skip[group.log.top.offset] = excluded
 
     async def _fan_out_own(self, group: Group, msg_id: str) -> None:
         sent = await self._catch_up(group)
@@ -1326,7 +1322,7 @@ class ChannelLayer:
         group.delivered = log.first - 1  # everything the new log holds is still to fan out
         group.first_seen = log.first
         self._pending.pop(group, None)
-        self._not_again.pop(group, None)
+        group.skip.clear()
         for member, cursor in list(group.behind.items()):
             missed = max(0, old.top.offset - cursor)
             member.missed += missed
@@ -1476,6 +1472,15 @@ class ChannelLayer:
             f"<ChannelLayer {type(self.broker).__name__} groups={len(self._registry.groups)} "
             f"members={len(self._registry.members)} healthy={self.healthy}>"
         )
+
+
+# In `Group.skip`: an entry nobody here is to be sent (they had it already).
+_EVERYONE: Any = object()
+
+
+def _skips(skipped: object, member: Member) -> bool:
+    """Whether an entry whose `Group.skip` value is ``skipped`` is not for ``member``."""
+    return skipped is _EVERYONE or skipped is member
 
 
 def _blocking(member: Member, barriers: tuple[tuple[Group, int], ...]) -> tuple[Group, int] | None:

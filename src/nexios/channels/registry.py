@@ -158,7 +158,17 @@ class Member:
 class Group:
     """One group in this process: its log, its members, and how far fan-out has gone."""
 
-    __slots__ = ("behind", "delivered", "fanning", "first_seen", "live", "log", "name", "progress")
+    __slots__ = (
+        "behind",
+        "delivered",
+        "fanning",
+        "first_seen",
+        "live",
+        "log",
+        "name",
+        "progress",
+        "skip",
+    )
 
     def __init__(self, name: str, log: GroupLog) -> None:
         self.name = name
@@ -174,6 +184,9 @@ class Group:
         self.fanning = False
         # A future the layer resolves when a behind member makes progress (pacing).
         self.progress: Any = None
+        # Entries not to send to one member (the publisher excluded it), or to anyone
+        # (they had it already), by offset; dropped once the log no longer holds them.
+        self.skip: dict[int, object] = {}
 
     def __len__(self) -> int:
         return len(self.live) + len(self.behind)
