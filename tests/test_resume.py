@@ -173,3 +173,35 @@ async def test_exclude_self_holds_in_every_process(make_broker: BrokerFactory) -
             assert got.data == "to all"  # its own quiet message was left out
             assert got.position is not None
             assert got.position.offset == 2
+
+
+async def test_a_process_reads_what_it_missed_while_resubscribing(redis_url: str) -> None:
+    """B's pub/sub connection is killed; A publishes meanwhile and then nothing more.
+    Once B has resubscribed it reads the log for what it missed: its member gets every
+    message without waiting for another one to reveal the gap."""
+    import redis.asyncio as aioredis
+
+    from nexios.channels.brokers.redis import RedisBroker
+
+    prefix = f"resync-{uuid.uuid4().hex[:8]}"
+    app_a = feed_app(RedisBroker(redis_url, prefix=prefix))
+    app_b = feed_app(RedisBroker(redis_url, prefix=prefix))
+    admin = aioredis.Redis.from_url(redis_url)
+    sent = 0
+    try:
+        async with TestClient(app_a), TestClient(app_b) as b:
+            async with b.websocket_connect("/feed") as member:
+                await member.receive_json()
+                for _attempt in range(10):
+                    await admin.client_kill_filter(_type="pubsub")
+                    for _ in range(3):
+                        await app_a.channels.publish("news", {"n": sent})
+                        sent += 1
+                    got = await read(member, 3)
+                    assert [e.data["n"] for e in got] == list(range(sent - 3, sent))
+                    if app_b.channels.stats.gap_filled:
+                        break
+                assert app_b.channels.stats.gap_filled > 0, app_b.channels.stats
+                assert app_b.channels.stats.missed_remote == 0
+    finally:
+        await admin.aclose()

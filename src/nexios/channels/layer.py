@@ -40,6 +40,7 @@ from nexios.channels.brokers.base import (
     BrokerOutcomeUnknown,
     BrokerRefused,
     BrokerUnavailable,
+    Logged,
     parse_announcement,
 )
 from nexios.channels.brokers.memory import MemoryBroker
@@ -381,6 +382,7 @@ class ChannelLayer:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
             await asyncio.sleep(0)
             await self.broker.subscribe(_DIRECT)
+            self.broker.on_resubscribed = self._resubscribed
             self._started = True
             global _current
             _current = self
@@ -1351,38 +1353,87 @@ class ChannelLayer:
                     read = None
                 if group.log is not log:
                     continue
-                got = 0
                 if read is not None and read.epoch == log.epoch:
-                    for entry in read.entries:
-                        if entry.offset != group.log.top.offset + 1 or entry.offset >= low:
-                            break
-                        self._append(group, entry.kind, entry.body, entry.id)
-                        got += 1
-                    self.stats.gap_filled += got
-                    if got:
-                        logger.info(
-                            "Read %d message(s) of %r back from the log: this process "
-                            "had not received them (stats.gap_filled)",
-                            got,
-                            group.name,
-                        )
-                    if got:
-                        await self._fan_out_own(group, "")
+                    await self._append_read(group, read.entries, below=low)
                 if group.log.top.offset < low - 1:
                     # Gone from the log too (or unreadable): lost for the members here.
-                    missing = low - 1 - group.log.top.offset
-                    fresh = GroupLog(log.epoch, log.bounds, start=low - 1)
-                    self._lost(group, missing, group.delivered + 1)
-                    group.log = fresh
-                    group.delivered = fresh.top.offset
-                    group.first_seen = fresh.first
-                    for member in list(group.behind):
-                        cursor = group.behind[member]
-                        member.missed += low - 1 - cursor
-                        group.behind[member] = low - 1
-                        member.replay.pop(group, None)
+                    self._fill_lost(group, low)
         finally:
             self._filling.discard(group)
+
+    def _fill_lost(self, group: Group, low: int) -> None:
+        """The entries of the group's stream before ``low`` that this process's copy
+        lacks will never come: the copy goes on from ``low``; members are counted as
+        having missed them."""
+        log = group.log
+        missing = low - 1 - log.top.offset
+        self._lost(group, missing, group.delivered + 1)
+        fresh = GroupLog(log.epoch, log.bounds, start=low - 1)
+        group.log = fresh
+        group.delivered = fresh.top.offset
+        group.first_seen = fresh.first
+        for member in list(group.behind):
+            missed = low - 1 - group.behind[member]
+            member.missed += missed
+            self.stats.skipped += missed
+            group.behind[member] = low - 1
+            member.replay.pop(group, None)
+
+    async def _append_read(
+        self, group: Group, entries: list[Logged], below: int = MAX_OFFSET
+    ) -> int:
+        """Add entries read from the broker's log to this process's copy, as far as they
+        follow its top (and stay below ``below``); fan them out. Returns how many."""
+        got = 0
+        for entry in entries:
+            if entry.offset != group.log.top.offset + 1 or entry.offset >= below:
+                break
+            self._append(group, entry.kind, entry.body, entry.id)
+            got += 1
+        if got:
+            self.stats.gap_filled += got
+            logger.info(
+                "Read %d message(s) of %r back from the log: this process had not "
+                "received them (stats.gap_filled)",
+                got,
+                group.name,
+            )
+            await self._fan_out_own(group, "")
+        return got
+
+    def _resubscribed(self) -> None:
+        """The broker's subscriptions were down and are back: what was announced
+        meanwhile never reached this process. Read each group's log for it now, rather
+        than at the group's next message."""
+        for group in list(self._registry.groups.values()):
+            if self.broker.local_log(_GROUP + group.name) is None:
+                spawn(self._resync(group))
+
+    async def _resync(self, group: Group) -> None:
+        channel = _GROUP + group.name
+        delay = 0.05
+        while True:
+            log = group.log
+            try:
+                read = await self.broker.read(channel, log.top.offset)
+                if read.epoch != log.epoch and read.top:  # the stream started over meanwhile
+                    read = await self.broker.read(channel, read.first - 1)
+                break
+            except (BrokerUnavailable, OSError) as exc:
+                # Its command connections may be as stale as its subscription was: retry
+                # (the broker knows when it is down) until the group is gone here.
+                logger.debug("Could not read the log of %r after reconnecting: %s", group.name, exc)
+                if not self._started or self._registry.groups.get(group.name) is not group:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        if group.log is not log or self._registry.groups.get(group.name) is not group:
+            return  # changed meanwhile: announcements are being handled
+        if read.epoch != log.epoch:
+            self._new_epoch(group, Position(read.epoch, read.first))
+        elif read.first > log.top.offset + 1:  # what it missed is gone from the log too
+            self._fill_lost(group, read.first)
+        await self._append_read(group, read.entries)
 
     def _log_missed(self, channel: str, missed: int) -> None:
         now = time.monotonic()

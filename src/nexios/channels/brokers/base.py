@@ -9,7 +9,7 @@ layer); a subscriber that was disconnected misses what was published meanwhile.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -168,6 +168,10 @@ class Broker(abc.ABC):
 
     #: True when `append` and `read` work (the layer then logs every group message).
     logs: bool = False
+
+    #: Called (by a broker whose subscriptions can break) once they are back after an
+    #: outage: what was announced meanwhile was not received. The layer sets it.
+    on_resubscribed: Callable[[], None] | None = None
 
     async def append(
         self, channel: str, kind: PayloadKind, body: bytes, msg_id: str, bounds: Bounds

@@ -891,6 +891,8 @@ class RedisBroker(Broker):
                 self._where,
                 len(self._channels),
             )
+            if self.on_resubscribed is not None:
+                self.on_resubscribed()
 
     def _release_confirmations(self) -> None:
         """Let every subscribe() waiting for a confirmation return now."""
