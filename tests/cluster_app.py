@@ -7,6 +7,9 @@ Serve it with ``NEXIOS_BROKER_URL=redis://127.0.0.1:6379/0 nexios run tests.clus
   join is done, then receives every message published to the room, from any process.
 * ``POST /rooms/{room}/publish``: publishes the JSON body to the room; returns
   ``{"local": n}``, the number of this process's members it was queued for.
+* ``WS /feed/{room}?since=<position>``: joins the room with envelopes, from the position
+  if given; sends ``{"type": "joined", "recovered": ..., "reason": ..., "position": ...}``
+  first, then every message of the room as ``{"group", "epoch", "offset", "data"}``.
 * ``GET /health``: a readiness probe, ``{"broker_healthy": bool, "stats": {...}}``.
 """
 
@@ -26,6 +29,22 @@ async def room(ws: WebSocket, room: str) -> None:
     await ws.join(room)
     await ws.send_json({"type": "joined", "room": room})
     async for _ in ws.iter_text():  # keep the connection open until the client leaves
+        pass
+
+
+@app.ws_route("/feed/{room}")
+async def feed(ws: WebSocket, room: str) -> None:
+    await ws.accept()
+    joined = await ws.join(room, since=ws.query_params.get("since"), envelope=True)
+    await ws.send_json(
+        {
+            "type": "joined",
+            "recovered": joined.recovered,
+            "reason": joined.reason,
+            "position": str(joined.position),
+        }
+    )
+    async for _ in ws.iter_text():
         pass
 
 

@@ -414,3 +414,100 @@ async def test_servers_stop_on_sigterm_even_with_redis_down(cluster: Cluster) ->
         assert member.closed is not None
         assert member.closed.rcvd is not None
         assert member.closed.rcvd.code == 1012, (member.closed, cluster.logs())
+
+
+# Resume after an abrupt disconnect, on another process.
+
+CUT_OFF = 2.0  # seconds a client stays away, mid-stream (issue 11)
+
+
+async def resume_after_cut(http: httpx.AsyncClient, first: AppServer, second: AppServer) -> None:
+    """A client on *first* is cut off abruptly (no close frame) while both servers
+    publish a numbered stream, stays away CUT_OFF seconds, and rejoins on *second* with
+    the last position it saw: it gets exactly the messages it missed, then live ones."""
+    servers = [first, second] if first is not second else [first]
+    stop = asyncio.Event()
+    published: list[int] = []
+
+    async def stream(server: AppServer) -> None:
+        while not stop.is_set():
+            n = len(published)
+            published.append(n)
+            response = await http.post(
+                f"{server.http}/rooms/live/publish", json={"n": n}, timeout=DEADLINE
+            )
+            assert response.status_code == 200, response.text
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STREAM_INTERVAL)
+
+    async def envelopes(conn: ClientConnection, into: list[dict[str, Any]]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for text in conn:
+                into.append(json.loads(text))
+
+    def log() -> str:
+        return "".join(f"\n----- {s.name} -----\n{s.log()}" for s in servers)
+
+    before: list[dict[str, Any]] = []
+    after: list[dict[str, Any]] = []
+    conn = await connect(f"{first.ws}/feed/live", open_timeout=DEADLINE)
+    assert json.loads(await asyncio.wait_for(conn.recv(), DEADLINE))["recovered"] is True
+    reading = asyncio.create_task(envelopes(conn, before))
+    publishers = [asyncio.create_task(stream(s)) for s in servers]
+    try:
+        await poll(lambda: len(before) >= 20, "20 messages before the cut", DEADLINE, log)
+        conn.transport.abort()  # a network failure: no close frame, nothing more read
+        reading.cancel()
+        cut = len(published)
+        await asyncio.sleep(CUT_OFF)  # the scenario: away for 2 s while the stream goes on
+        last = before[-1]
+        since = f"{last['offset']}:{last['epoch']}"
+        async with connect(f"{second.ws}/feed/live?since={since}", open_timeout=DEADLINE) as again:
+            hello = json.loads(await asyncio.wait_for(again.recv(), DEADLINE))
+            assert hello["recovered"] is True, (hello, log())
+            reading = asyncio.create_task(envelopes(again, after))
+            missed_while_away = len(published) - cut
+            await poll(
+                lambda: len(after) >= missed_while_away + 20, "the missed ones, then live", 10, log
+            )
+            stop.set()
+            await asyncio.gather(*publishers)
+            await poll(
+                lambda: (
+                    (bool(after) and after[-1]["data"]["n"] == published[-1])
+                    or len(before) + len(after) >= len(published)
+                ),
+                "the last message",
+                DEADLINE,
+                log,
+            )
+            reading.cancel()
+    finally:
+        stop.set()
+        for task in publishers:
+            if not task.done():
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await conn.close()
+    offsets = [m["offset"] for m in before + after]
+    # No gap, no duplicate: one stream, offsets 1, 2, 3, ... across the reconnection.
+    assert offsets == list(range(1, len(offsets) + 1)), (offsets, log())
+    assert len(offsets) == len(published), (len(offsets), len(published))
+    assert sorted(m["data"]["n"] for m in before + after) == published
+    assert missed_while_away >= 2 * CUT_OFF / STREAM_INTERVAL / 4, missed_while_away
+
+
+async def test_a_client_cut_off_rejoins_on_the_other_server_with_nothing_missed(
+    cluster: Cluster,
+) -> None:
+    await resume_after_cut(cluster.http, cluster.a, cluster.b)
+
+
+async def test_a_client_cut_off_rejoins_on_memory_with_nothing_missed(tmp_path: Path) -> None:
+    async with httpx.AsyncClient() as http:
+        server = AppServer("M", APP, tmp_path, {"NEXIOS_BROKER_URL": "memory://"})
+        try:
+            await server.start(http)
+            await resume_after_cut(http, server, server)
+        finally:
+            await server.stop()
