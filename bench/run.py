@@ -111,7 +111,7 @@ def workloads(smoke: bool) -> list[Workload]:
                     "messages": 2000,
                     "size": 4096,
                     "stalled": 1,
-                    "quiet": 0.5,
+                    "quiet": 2.0,  # more than the pacing bound (pace_timeout, 1 s)
                     "timeout": 5.0,
                     "fate_wait": 0.3,
                     "warmup_limit": 3.0,

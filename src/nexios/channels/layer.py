@@ -762,6 +762,10 @@ class ChannelLayer:
             if group.behind.get(member) != cursor or group.log is not log:
                 return  # skipped, left or rejoined meanwhile: look again
             cursor = group.behind[member] = entry.offset
+        if member.pace_since is not None and group.delivered - cursor <= (
+            self._high_water(log) // 2
+        ):
+            member.pace_since = None  # back under the low-water mark: the episode is over
         self._progress(group)
 
     def _caught_up(self, member: Member, group: Group) -> None:
@@ -913,44 +917,67 @@ class ChannelLayer:
         self._log_missed(_GROUP + group.name, count)
 
     async def _pace(self, group: Group) -> None:
-        """Wait while a member that reads is far behind in ``group`` (see the module)."""
+        """Wait while members that read are far behind in ``group`` (see the module).
+
+        Every member over the high-water mark starts its clock when a publisher first
+        waits for it, all of them at once: however many stall together, a publisher waits
+        about ``pace_timeout`` for them, not that much per member."""
         loop = asyncio.get_running_loop()
         paced = False
+        # The members waited for: past the high-water mark they are waited for until
+        # they are back under the low-water mark (half of it), so that a member that
+        # reads slower than the publisher publishes is waited for in whole drains.
+        waited: set[Member] = set()
         while group.behind:
             limit = self._high_water(group.log)
-            lagging = None
+            low = limit // 2
             delivered = group.delivered
-            for member, cursor in group.behind.items():
-                if delivered - cursor > limit and not member.slow and not member.held:
-                    lagging = member
-                    break
-            if lagging is None:
+            lagging = [
+                member
+                for member, cursor in group.behind.items()
+                if not member.slow
+                and not member.held
+                and (delivered - cursor > limit or (member in waited and delivered - cursor > low))
+            ]
+            for member in waited.difference(lagging):
+                member.pace_since = None  # drained: this episode is over
+            if not lagging:
                 return
+            waited = set(lagging)
             now = loop.time()
-            if lagging.pace_since is None:
-                lagging.pace_since = now
-            left = lagging.pace_since + self.pace_timeout - now
-            if left <= 0:
-                lagging.slow = True
-                self.stats.slow += 1
-                logger.warning(
-                    "WebSocket %s has held publishers to %r back for %.1f s: it no longer "
-                    "paces them until it catches up (stats.slow)",
-                    lagging.id,
-                    group.name,
-                    self.pace_timeout,
-                )
-                continue
+            deadline = None
+            for member in lagging:
+                if member.pace_since is None:
+                    member.pace_since = now
+                elif member.pace_since + self.pace_timeout <= now:
+                    self._too_slow(member, group)
+                    waited.discard(member)
+                    continue
+                until = member.pace_since + self.pace_timeout
+                deadline = until if deadline is None else min(deadline, until)
+            if deadline is None:
+                continue  # every one of them was too slow: look again
             if not paced:
                 paced = True
                 self.stats.paced += 1
             if group.progress is None:
                 group.progress = loop.create_future()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
+                async with asyncio.timeout_at(deadline):
                     await asyncio.shield(group.progress)
-            if group.lag(lagging) <= limit // 2:
-                lagging.pace_since = None
+
+    def _too_slow(self, member: Member, group: Group) -> None:
+        """``member`` held publishers back for ``pace_timeout``: it paces nobody now."""
+        member.slow = True
+        member.pace_since = None
+        self.stats.slow += 1
+        logger.warning(
+            "WebSocket %s has held publishers to %r back for %.1f s: it no longer "
+            "paces them until it catches up (stats.slow)",
+            member.id,
+            group.name,
+            self.pace_timeout,
+        )
 
     def _high_water(self, log: GroupLog) -> int:
         """How far behind a member may be before it paces publishers: the high-water
