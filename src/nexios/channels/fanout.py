@@ -79,21 +79,27 @@ def message_for(
 
 def deliver(
     group: Group,
-    members: Iterable[tuple[Member, bool]],
+    members: Iterable[Member],
     offset: int | None,
     kind: PayloadKind,
     body: bytes,
     exclude: object = None,
 ) -> tuple[int, list[Member]]:
-    """Write one entry (``offset`` None: a message outside the log) to ``members``
-    (live ones, with their envelope flag) whose socket takes it at once, but
-    ``exclude`` (a member, or a sink). Returns how many got it and the members whose
-    socket did not (the caller puts them behind, after the loop: the members' dict is
-    not changed while it is iterated)."""
+    """Write one entry (``offset`` None: a message outside the log) to those of
+    ``members`` still live in ``group`` whose socket takes it at once, but ``exclude``
+    (a member, or a sink). Returns how many got it and the members whose socket did not
+    (the caller puts them behind, after the loop: ``group.live`` is not changed while
+    it may be iterated). ``members`` may be ``group.live`` itself: no snapshot, no
+    tuple per member (a fan-out to 5,000 members allocates nothing per member that
+    could outlive it and wake the garbage collector)."""
+    live = group.live
     forms: dict[object, Form] = {}
     sent = 0
     stuck: list[Member] = []
-    for member, wants_envelope in members:
+    for member in members:
+        wants_envelope = live.get(member)
+        if wants_envelope is None:  # left (or fell behind) since the snapshot
+            continue
         sink = member.sink
         if member is exclude or sink is exclude:
             continue

@@ -868,7 +868,7 @@ class ChannelLayer:
             live = group.live
             reached = len(live) + len(group.behind) - (skipped is not None)
             if len(live) <= _CHUNK:
-                sent, stuck = deliver(group, live.items(), offset, entry.kind, entry.body, skipped)
+                sent, stuck = deliver(group, live, offset, entry.kind, entry.body, skipped)
                 if stuck:
                     put_behind(group, stuck, offset - 1)
                     for member in stuck:
@@ -891,12 +891,12 @@ class ChannelLayer:
         """`deliver` in chunks for a large group, letting the loop run between them."""
         group.fanning = True
         try:
-            members = list(group.live.items())
+            members = list(group.live)  # a snapshot: the loop may run between chunks
             sent = 0
             for start in range(0, len(members), _CHUNK):
                 if start:
                     await self._yield_if_busy()
-                chunk = [(m, e) for m, e in members[start : start + _CHUNK] if m in group.live]
+                chunk = members[start : start + _CHUNK]
                 got, stuck = deliver(group, chunk, offset, kind, body, group.skip.get(offset))
                 sent += got
                 if stuck:
