@@ -28,19 +28,30 @@ from nexios.channels.log import PayloadKind
 from nexios.channels.registry import Group, Member, Registry
 from nexios.types import Message
 
-__all__ = ["Form", "deliver", "envelope", "form", "message_for", "skip_notice"]
+__all__ = ["Form", "deliver", "envelope", "form", "message", "message_for", "skip_notice"]
 
 # A form: the ASGI message and the same message framed (for servers that write it as is).
 Form = tuple[Message, bytes]
 
 
 def form(kind: str, body: bytes, encoding: str) -> Form:
-    """The message a member with ``encoding`` gets for a payload of ``kind``."""
+    """The message a member with ``encoding`` gets for a payload of ``kind``, and the
+    same message framed (built once per fan-out, written as is by nexios' server)."""
     if kind == "bytes" or encoding == "bytes":
         return {"type": "websocket.send", "bytes": body}, frame_header(BINARY, len(body)) + body
     if encoding == "json" and kind == "text":
         body = orjson.dumps(body.decode())
     return {"type": "websocket.send", "text": body.decode()}, frame_header(TEXT, len(body)) + body
+
+
+def message(kind: str, body: bytes, encoding: str) -> Message:
+    """`form`'s message alone: for one member (a writer catching it up), where a frame
+    built beside it would be a copy of the payload for nothing."""
+    if kind == "bytes" or encoding == "bytes":
+        return {"type": "websocket.send", "bytes": body}
+    if encoding == "json" and kind == "text":
+        return {"type": "websocket.send", "text": orjson.dumps(body.decode()).decode()}
+    return {"type": "websocket.send", "text": body.decode()}
 
 
 def envelope(group: str, epoch: str | None, offset: int | None, kind: str, body: bytes) -> Form:
@@ -74,7 +85,7 @@ def message_for(
     if member.groups.get(group, False):
         epoch = group.log.epoch if offset is not None else None
         return envelope(group.name, epoch, offset, kind, body)[0]
-    return form(kind, body, member.encoding)[0]
+    return message(kind, body, member.encoding)
 
 
 def deliver(
