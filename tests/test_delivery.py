@@ -347,3 +347,27 @@ async def test_log_bounds_are_per_group_and_validated() -> None:
             layer(slow_consumer="sometimes")  # type: ignore[arg-type]
     finally:
         await channels.stop()
+
+
+async def test_skip_notices_come_in_the_streams_order_when_a_member_skips_twice() -> None:
+    """A member that falls off the log again before it read the first notice gets one
+    notice for both stretches: the offsets it sees never go back."""
+    channels = layer(slow_consumer="skip", pace_timeout=0.05, log=Bounds(max_count=50))
+    sink = FakeSink("ticker", room=5)
+    sink.stall()
+    try:
+        await channels.join(sink, "prices", envelope=True)
+        for i in range(300):  # falls off the 50-entry log several times
+            await channels.publish("prices", i)
+        sink.resume()
+        await sink.wait_until(lambda: sink.payloads()[-1].get("offset") == 300)
+        last = 0  # the last offset the client has accounted for
+        for message in sink.payloads():
+            if "missed" in message:
+                assert message["offset"] - message["missed"] == last, (message, last)
+            else:
+                assert message["offset"] == last + 1, (message, last)
+            last = message["offset"]
+        assert last == 300
+    finally:
+        await channels.stop()

@@ -296,6 +296,9 @@ _WRITE_BATCH = 32
 _REORDER_WINDOW = 0.1
 # Seconds a publish waits for its own message to be fanned out here (gap filling).
 _OWN_WAIT = 2.0
+# The offset a skip notice waits for in a member's direct queue: none (it never blocks);
+# it marks the notice, so that a later skip of the same group finds it.
+_NOTICE = -1
 # Message ids published while the broker's outcome was unknown, remembered so that a
 # late announcement of one is not delivered twice here.
 _UNLOGGED_IDS = 4096
@@ -826,8 +829,23 @@ class ChannelLayer:
                 missed,
             )
         if member.groups.get(group, False):
-            member.direct.appendleft((skip_notice(group.name, log.epoch, target, missed), ()))
+            self._notice(member, group, target, missed)
         self._wake(member)
+
+    def _notice(self, member: Member, group: Group, target: int, missed: int) -> None:
+        """Tell an enveloped member that skipped to ``target`` how many it missed, before
+        the group's next message. A notice of the group still waiting (the member skipped
+        again before it read it) becomes one for both stretches: a second notice put in
+        front of it would come first, and the offsets the client sees would go back."""
+        mark = ((group, _NOTICE),)
+        direct = member.direct
+        epoch = group.log.epoch
+        for i, (message, barriers) in enumerate(direct):
+            if barriers == mark:
+                missed += orjson.loads(message["text"])["missed"]
+                direct[i] = (skip_notice(group.name, epoch, target, missed), mark)
+                return
+        direct.appendleft((skip_notice(group.name, epoch, target, missed), mark))
 
     async def _close_slow(self, member: Member) -> None:
         try:
