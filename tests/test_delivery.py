@@ -371,3 +371,24 @@ async def test_skip_notices_come_in_the_streams_order_when_a_member_skips_twice(
         assert last == 300
     finally:
         await channels.stop()
+
+
+async def test_a_member_that_reads_slower_than_the_publisher_is_never_taken_for_slow() -> None:
+    """A publisher flooding for many times pace_timeout, a member reading 2 messages a
+    loop turn: each time it is the high-water mark behind, the publisher waits until it
+    is back to half; it is never marked slow, and gets every message."""
+    channels = layer(pace_timeout=0.1)
+    sink = FakeSink("reader", room=4)
+    task = asyncio.create_task(reader(sink, 2))
+    try:
+        await channels.join(sink, "room")
+        for i in range(20_000):
+            await channels.publish("room", i)
+        await sink.wait_for(20_000)
+        assert sink.payloads() == list(range(20_000))
+        assert channels.stats.slow == channels.stats.closed_slow == 0
+        assert channels.stats.paced > 0
+    finally:
+        sink.disconnect()
+        await task
+        await channels.stop()

@@ -925,7 +925,12 @@ class ChannelLayer:
         self._log_missed(_GROUP + group.name, count)
 
     async def _pace(self, group: Group) -> None:
-        """Wait while a member that reads is far behind in ``group`` (see the module)."""
+        """Wait while a member that reads is far behind in ``group`` (see the module).
+
+        An episode begins when a member is more than the high-water mark behind and ends
+        when it is back to half of it: a publisher waits for that (not just for the mark),
+        else a member that reads, slower than a publisher that floods, would hover at the
+        mark in one endless episode, and be taken for slow after ``pace_timeout``."""
         loop = asyncio.get_running_loop()
         paced = False
         while group.behind:
@@ -933,7 +938,11 @@ class ChannelLayer:
             lagging = None
             delivered = group.delivered
             for member, cursor in group.behind.items():
-                if delivered - cursor > limit and not member.slow and not member.held:
+                lag = delivered - cursor
+                if member.pace_since is not None and lag <= limit // 2:
+                    member.pace_since = None  # the episode is over
+                over = limit if member.pace_since is None else limit // 2
+                if lag > over and not member.slow and not member.held:
                     lagging = member
                     break
             if lagging is None:
@@ -961,8 +970,6 @@ class ChannelLayer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await asyncio.shield(group.progress)
-            if group.lag(lagging) <= limit // 2:
-                lagging.pace_since = None
 
     def _high_water(self, log: GroupLog) -> int:
         """How far behind a member may be before it paces publishers: the high-water
