@@ -371,3 +371,48 @@ async def test_exclude_holds_for_a_member_that_is_behind() -> None:
         assert b.payloads() == ["one", "two", "from a", "three"]
     finally:
         await channels.stop()
+
+
+async def test_skip_notices_come_in_the_streams_order_when_a_member_skips_twice() -> None:
+    """A member that falls off the log again before it read the first notice gets one
+    notice for both stretches: the offsets it sees never go back."""
+    channels = layer(slow_consumer="skip", pace_timeout=0.05, log=Bounds(max_count=50))
+    sink = FakeSink("ticker", room=5)
+    sink.stall()
+    try:
+        await channels.join(sink, "prices", envelope=True)
+        for i in range(300):  # falls off the 50-entry log several times
+            await channels.publish("prices", i)
+        sink.resume()
+        await sink.wait_until(lambda: sink.payloads()[-1].get("offset") == 300)
+        last = 0  # the last offset the client has accounted for
+        for message in sink.payloads():
+            if "missed" in message:
+                assert message["offset"] - message["missed"] == last, (message, last)
+            else:
+                assert message["offset"] == last + 1, (message, last)
+            last = message["offset"]
+        assert last == 300
+    finally:
+        await channels.stop()
+
+
+async def test_a_member_that_reads_slower_than_the_publisher_is_never_taken_for_slow() -> None:
+    """A publisher flooding for many times pace_timeout, a member reading 2 messages a
+    loop turn: each time it is the high-water mark behind, the publisher waits until it
+    is back to half; it is never marked slow, and gets every message."""
+    channels = layer(pace_timeout=0.1)
+    sink = FakeSink("reader", room=4)
+    task = asyncio.create_task(reader(sink, 2))
+    try:
+        await channels.join(sink, "room")
+        for i in range(20_000):
+            await channels.publish("room", i)
+        await sink.wait_for(20_000)
+        assert sink.payloads() == list(range(20_000))
+        assert channels.stats.slow == channels.stats.closed_slow == 0
+        assert channels.stats.paced > 0
+    finally:
+        sink.disconnect()
+        await task
+        await channels.stop()

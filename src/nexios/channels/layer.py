@@ -301,6 +301,9 @@ _WRITE_BATCH = 32
 _REORDER_WINDOW = 0.1
 # Seconds a publish waits for its own message to be fanned out here (gap filling).
 _OWN_WAIT = 2.0
+# The offset a skip notice waits for in a member's direct queue: none (it never blocks);
+# it marks the notice, so that a later skip of the same group finds it.
+_NOTICE = -1
 # Message ids published while the broker's outcome was unknown, remembered so that a
 # late announcement of one is not delivered twice here.
 _UNLOGGED_IDS = 4096
@@ -834,8 +837,23 @@ class ChannelLayer:
                 missed,
             )
         if member.groups.get(group, False):
-            member.direct.appendleft((skip_notice(group.name, log.epoch, target, missed), ()))
+            self._notice(member, group, target, missed)
         self._wake(member)
+
+    def _notice(self, member: Member, group: Group, target: int, missed: int) -> None:
+        """Tell an enveloped member that skipped to ``target`` how many it missed, before
+        the group's next message. A notice of the group still waiting (the member skipped
+        again before it read it) becomes one for both stretches: a second notice put in
+        front of it would come first, and the offsets the client sees would go back."""
+        mark = ((group, _NOTICE),)
+        direct = member.direct
+        epoch = group.log.epoch
+        for i, (message, barriers) in enumerate(direct):
+            if barriers == mark:
+                missed += orjson.loads(message["text"])["missed"]
+                direct[i] = (skip_notice(group.name, epoch, target, missed), mark)
+                return
+        direct.appendleft((skip_notice(group.name, epoch, target, missed), mark))
 
     async def _close_slow(self, member: Member) -> None:
         try:
@@ -919,31 +937,29 @@ class ChannelLayer:
     async def _pace(self, group: Group) -> None:
         """Wait while members that read are far behind in ``group`` (see the module).
 
-        Every member over the high-water mark starts its clock when a publisher first
-        waits for it, all of them at once: however many stall together, a publisher waits
-        about ``pace_timeout`` for them, not that much per member."""
+        An episode begins when a member is more than the high-water mark behind and ends
+        when it is back to half of it: a publisher waits for that (not just for the mark),
+        else a member that reads, slower than a publisher that floods, would hover at the
+        mark in one endless episode, and be taken for slow after ``pace_timeout``. Every
+        member over the mark starts its clock when a publisher first waits for it, all of
+        them at once: however many stall together, a publisher waits about
+        ``pace_timeout`` for them, not that much per member."""
         loop = asyncio.get_running_loop()
         paced = False
-        # The members waited for: past the high-water mark they are waited for until
-        # they are back under the low-water mark (half of it), so that a member that
-        # reads slower than the publisher publishes is waited for in whole drains.
-        waited: set[Member] = set()
         while group.behind:
             limit = self._high_water(group.log)
             low = limit // 2
             delivered = group.delivered
-            lagging = [
-                member
-                for member, cursor in group.behind.items()
-                if not member.slow
-                and not member.held
-                and (delivered - cursor > limit or (member in waited and delivered - cursor > low))
-            ]
-            for member in waited.difference(lagging):
-                member.pace_since = None  # drained: this episode is over
+            lagging = []
+            for member, cursor in group.behind.items():
+                lag = delivered - cursor
+                if member.pace_since is not None and lag <= low:
+                    member.pace_since = None  # the episode is over
+                over = limit if member.pace_since is None else low
+                if lag > over and not member.slow and not member.held:
+                    lagging.append(member)
             if not lagging:
                 return
-            waited = set(lagging)
             now = loop.time()
             deadline = None
             for member in lagging:
@@ -951,7 +967,6 @@ class ChannelLayer:
                     member.pace_since = now
                 elif member.pace_since + self.pace_timeout <= now:
                     self._too_slow(member, group)
-                    waited.discard(member)
                     continue
                 until = member.pace_since + self.pace_timeout
                 deadline = until if deadline is None else min(deadline, until)
@@ -972,7 +987,7 @@ class ChannelLayer:
         member.pace_since = None
         self.stats.slow += 1
         logger.warning(
-            "WebSocket %s has held publishers to %r back for %.1f s: it no longer "
+            "WebSocket %s has held publishers to %r back for %.2f s: it no longer "
             "paces them until it catches up (stats.slow)",
             member.id,
             group.name,
