@@ -416,3 +416,32 @@ async def test_a_member_that_reads_slower_than_the_publisher_is_never_taken_for_
         sink.disconnect()
         await task
         await channels.stop()
+
+
+async def test_a_full_queue_of_messages_by_id_never_drops_a_skip_notice() -> None:
+    channels = layer(
+        slow_consumer="skip", pace_timeout=0.01, log=Bounds(max_count=10), outbox_size=3
+    )
+    sink = FakeSink("feed", room=1)
+    sink.stall()
+    try:
+        await channels.join(sink, "prices", envelope=True)
+        for i in range(40):  # falls off the log: a skip notice waits in its queue
+            await channels.publish("prices", i)
+        for i in range(5):  # a full queue of messages by id drops the oldest ones
+            await channels.send_to(["feed"], f"direct {i}")
+        sink.resume()
+        await channels.publish("prices", "last")
+        await sink.wait_until(
+            lambda: (
+                "direct 4" in sink.payloads()
+                and any(isinstance(m, dict) and m.get("data") == "last" for m in sink.payloads())
+            )
+        )
+        got = sink.payloads()
+        assert any(isinstance(m, dict) and "missed" in m for m in got), got
+        # The queue holds 3: the notice and two messages by id; three were dropped.
+        assert [m for m in got if isinstance(m, str)] == ["direct 3", "direct 4"]
+        assert channels.member_of(sink).dropped == 3  # type: ignore[union-attr]
+    finally:
+        await channels.stop()

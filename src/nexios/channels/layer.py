@@ -1147,7 +1147,7 @@ class ChannelLayer:
         if not member.waiting and member.sink.send_nowait(message, frame):
             return True
         if len(member.direct) >= member.maxsize:
-            member.direct.popleft()
+            _drop_oldest_message(member.direct)
             member.dropped += 1
             self.stats.dropped += 1
             if member.dropped == 1:
@@ -1574,6 +1574,16 @@ _EVERYONE: Any = object()
 def _skips(skipped: object, member: Member) -> bool:
     """Whether an entry whose `Group.skip` value is ``skipped`` is not for ``member``."""
     return skipped is _EVERYONE or skipped is member
+
+
+def _drop_oldest_message(direct: deque[tuple[Message, tuple[tuple[Group, int], ...]]]) -> None:
+    """Drop the oldest message sent by id from a full queue; never a skip notice (the
+    client would not learn about a stretch it missed)."""
+    for i, (_, barriers) in enumerate(direct):
+        if not (len(barriers) == 1 and barriers[0][1] == _NOTICE):
+            del direct[i]
+            return
+    direct.popleft()
 
 
 def _blocking(member: Member, barriers: tuple[tuple[Group, int], ...]) -> tuple[Group, int] | None:
