@@ -358,6 +358,8 @@ class ChannelLayer:
         self._opening_pending: dict[str, dict[int, tuple[Position, PayloadKind, str, bytes]]] = {}
         # Publishes of this process waiting for their message's fan-out here (by id).
         self._own: dict[str, asyncio.Future[int]] = {}
+        # Those of them appended to a copy and not yet fanned out.
+        self._appended_own: list[str] = []
         self._unlogged: OrderedDict[str, None] = OrderedDict()
         # Publishes with ``exclude``, by message id, until their offset is known.
         self._excluding: dict[str, Member] = {}
@@ -1329,6 +1331,8 @@ class ChannelLayer:
         group.log.append(kind, body, time.monotonic())
         if not msg_id.startswith(self.origin):
             self.stats.received_remote += 1
+        elif msg_id in self._own:
+            self._appended_own.append(msg_id)  # a publish here waits for its fan-out
         if msg_id in self._unlogged:
             # Delivered here when the broker did not answer; it was logged after all.
             del self._unlogged[msg_id]
@@ -1338,11 +1342,17 @@ class ChannelLayer:
             if excluded is not None and group in excluded.groups:
                 group.skip[group.log.top.offset] = excluded
 
-    async def _fan_out_own(self, group: Group, msg_id: str) -> None:
+    async def _fan_out_own(self, group: Group, msg_id: str = "") -> None:
+        """Fan out what the copy holds; tell the publishes of this process waiting for
+        theirs (``msg_id``, and any appended from a read of the log) how many it reached."""
         sent = await self._catch_up(group)
-        waiting = self._own.get(msg_id)
-        if waiting is not None and not waiting.done():
-            waiting.set_result(sent)
+        ids = self._appended_own
+        if msg_id:
+            ids.append(msg_id)
+        while ids:
+            waiting = self._own.get(ids.pop())
+            if waiting is not None and not waiting.done():
+                waiting.set_result(sent)
 
     def _new_epoch(self, group: Group, position: Position) -> None:
         """The group's stream started over (the broker lost its past): a new copy from
@@ -1440,7 +1450,7 @@ class ChannelLayer:
                 got,
                 group.name,
             )
-            await self._fan_out_own(group, "")
+            await self._fan_out_own(group)
         return got
 
     def _resubscribed(self) -> None:
