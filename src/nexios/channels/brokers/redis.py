@@ -88,15 +88,16 @@ _PROBE_CAP = 0.25
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
-# Group logs (issue 11): two keys per channel, in one Redis Cluster slot (hash tag
+# Group logs (issue 11): three keys per channel, in one Redis Cluster slot (hash tag
 # {channel}). The meta hash holds epoch, top (last offset), bytes (payload held), t (time
 # of the last append, ms) and age (max_age in ms, for `read`); the stream holds the
 # entries offset first..top, contiguous, with ids "<offset>-0" and fields k (kind),
-# b (body), i (message id), t (Redis TIME in ms, never decreasing). Both scripts run on
-# KEYS[1] = meta, KEYS[2] = stream, and ARGV[1] = a fresh epoch, used only if the log
-# has to be created.
+# b (body), i (message id), t (Redis TIME in ms, never decreasing); the sizes list holds
+# "<body length> <t>" per entry, oldest first, so that trimming reads no body. Both
+# scripts run on KEYS = meta, stream, sizes, and ARGV[1] = a fresh epoch, used only if
+# the log has to be created.
 _LOG_PRELUDE = """
-local meta, stream = KEYS[1], KEYS[2]
+local meta, stream, sizes = KEYS[1], KEYS[2], KEYS[3]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
@@ -114,51 +115,35 @@ local function open()
     return state[1], top, tonumber(state[3]) or 0, tonumber(state[4]) or 0,
       tonumber(state[5]), false
   end
-  redis.call('DEL', meta, stream)
+  redis.call('DEL', meta, stream, sizes)
   redis.call('HSET', meta, 'epoch', ARGV[1], 'top', 0, 'bytes', 0)
   return ARGV[1], 0, 0, 0, nil, true
 end
 
 -- Drop the oldest entries while there are more than max_count, or more than max_bytes
 -- of bodies (the newest kept), or they were appended at or before cutoff (ms); nil
--- lifts a bound. Reads the entries it drops and the oldest it keeps, in batches, then
--- cuts them off with one XTRIM. Returns the new first offset and bytes.
+-- lifts a bound. Each entry's size and time are in the list `sizes` ("<size> <ms>",
+-- oldest first), so deciding reads no body: one LINDEX and LPOP per entry dropped,
+-- then one XTRIM. Returns the new first offset and bytes.
 local function trim(first, top, bytes, max_count, max_bytes, cutoff)
-  local over_count = max_count and top - first + 1 > max_count
-  if not (over_count or (max_bytes and bytes > max_bytes) or cutoff) then
-    return first, bytes
-  end
   local kept = first
-  local batch = 1
-  if over_count then
-    batch = math.min(top - first + 2 - max_count, 256)
-  end
-  local done = false
-  while not done and kept <= top do
-    local rows = redis.call('XRANGE', stream, id_of(kept), '+', 'COUNT', batch)
-    if #rows == 0 then
+  while kept <= top do
+    local left = top - kept + 1
+    local by_size = (max_count and left > max_count) or (max_bytes and bytes > max_bytes and left > 1)
+    if not by_size and not cutoff then
       break
     end
-    for _, row in ipairs(rows) do
-      local fields, size, time = row[2], 0, 0
-      for j = 1, #fields, 2 do
-        if fields[j] == 'b' then
-          size = #fields[j + 1]
-        elseif fields[j] == 't' then
-          time = tonumber(fields[j + 1])
-        end
-      end
-      local left = top - kept + 1
-      if (max_count and left > max_count) or (max_bytes and bytes > max_bytes and left > 1)
-          or (cutoff and time <= cutoff) then
-        bytes = bytes - size
-        kept = kept + 1
-      else
-        done = true
-        break
-      end
+    local oldest = redis.call('LINDEX', sizes, 0)
+    if not oldest then
+      break
     end
-    batch = 64
+    local size, time = string.match(oldest, '(%d+) (%d+)')
+    if not by_size and tonumber(time) > cutoff then
+      break
+    end
+    redis.call('LPOP', sizes)
+    bytes = bytes - tonumber(size)
+    kept = kept + 1
   end
   if kept > first then
     redis.call('XTRIM', stream, 'MINID', id_of(kept))
@@ -179,6 +164,7 @@ local ttl = tonumber(ARGV[8])
 local time = math.max(now, last)
 top = top + 1
 redis.call('XADD', stream, id_of(top), 'k', kind, 'b', body, 'i', id, 't', time)
+redis.call('RPUSH', sizes, string.format('%d %d', #body, time))
 bytes = bytes + #body
 local first = top - redis.call('XLEN', stream) + 1
 first, bytes = trim(first, top, bytes, max_count, max_bytes, max_age and time - max_age)
@@ -191,9 +177,11 @@ end
 if ttl then
   redis.call('PEXPIRE', meta, ttl)
   redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', sizes, ttl)
 else
   redis.call('PERSIST', meta)
   redis.call('PERSIST', stream)
+  redis.call('PERSIST', sizes)
 end
 local head = string.format('%d', top) .. ':' .. epoch .. '\\n' .. kind .. '\\n' .. id .. '\\n'
 redis.call('PUBLISH', ARGV[9], head .. body)
@@ -582,7 +570,7 @@ class RedisBroker(Broker):
         """
         if channel is not None:
             history = self._history_key(channel)
-            log = (self._log_key(channel), self._stream_key(channel))
+            log = (self._log_key(channel), self._stream_key(channel), self._sizes_key(channel))
 
             async def delete_one() -> None:
                 await self._client.delete(history)
@@ -593,7 +581,7 @@ class RedisBroker(Broker):
         prefix = _GLOB_SPECIAL.sub(r"\\\1", self.prefix)
 
         async def delete_all() -> None:
-            for kind in ("history", "log", "stream"):
+            for kind in ("history", "log", "stream", "sizes"):
                 batch: list[bytes] = []
                 async for key in self._client.scan_iter(match=f"{prefix}:{kind}:*", count=500):
                     batch.append(key)
@@ -680,7 +668,7 @@ class RedisBroker(Broker):
 
     async def _script(self, what: str, script: _Script, channel: str, args: tuple[Any, ...]) -> Any:
         """Run a log script on *channel*'s keys: EVALSHA, then EVAL if Redis lacks it."""
-        keys = (self._log_key(channel), self._stream_key(channel))
+        keys = (self._log_key(channel), self._stream_key(channel), self._sizes_key(channel))
         try:
             return await self._roundtrip(
                 f"the log {what} script",
@@ -708,6 +696,9 @@ class RedisBroker(Broker):
 
     def _stream_key(self, channel: str) -> str:
         return f"{self.prefix}:stream:{{{channel}}}"
+
+    def _sizes_key(self, channel: str) -> str:
+        return f"{self.prefix}:sizes:{{{channel}}}"
 
     def _check_running(self) -> None:
         if self._stopping:
