@@ -35,7 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import nexios.server
 from nexios import NexiosApp, WebSocket, WebSocketConfig
-from nexios.channels import Bounds
+from nexios.channels import Bounds, Broker, MemoryBroker
 from nexios.channels.layer import SLOW_CONSUMER_CLOSE
 from nexios.channels.registry import Member
 from nexios.exceptions import WebSocketDisconnect
@@ -124,13 +124,16 @@ def make_feed(
     config: WebSocketConfig,
     group: str = "room",
     log: Bounds | None = None,
+    broker: Broker | None = None,
     **routes: WebSocketConfig,
 ) -> Feed:
     """``/feed`` with the app's config, plus ``/<name>`` for each route-level config: a
     handler that joins ``group`` (with envelopes if the query says ``envelope=1``) and
     reads until the client leaves. ``/publish``: a handler that floods (see `flood`)."""
-    # A broker hub of its own: nothing else in this process shares its logs.
-    app = NexiosApp(websocket_config=config, broker=f"memory://flood-{uuid.uuid4().hex}", log=log)
+    # A broker of its own (a memory hub, or a Redis prefix): nobody else shares its logs.
+    if broker is None:
+        broker = MemoryBroker(f"flood-{uuid.uuid4().hex}")
+    app = NexiosApp(websocket_config=config, broker=broker, log=log)
     app.channels.pace_timeout = PACE_TIMEOUT
     feed = Feed(app)
 
@@ -434,14 +437,25 @@ def server_protocol(server: Any, client_port: int) -> Any:
 # ---------------------------------------------------------------------------- floods
 
 
+@pytest.fixture(params=["memory", "redis"])
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """The contract suite's brokers: the floods deliver the same on both."""
+    if request.param == "memory":
+        return MemoryBroker(f"flood-{uuid.uuid4().hex}")
+    url = request.getfixturevalue("redis_url")
+    from nexios.channels.brokers.redis import RedisBroker
+
+    return RedisBroker(url, prefix=f"flood-{uuid.uuid4().hex[:8]}")
+
+
 async def test_a_flood_reaches_every_reader_and_a_stalled_client_is_closed_once(
-    live_server: Any,
+    live_server: Any, broker: Broker
 ) -> None:
     """3,000 x 8 KiB published as fast as a handler can to 20 readers and a client that
     reads nothing: every reader gets all 3,000 in order; the stalled client holds the
     publisher back once, for about pace_timeout, then paces nobody, and is closed with
     1013 when it falls off the log."""
-    feed = make_feed(WebSocketConfig(ping_interval=None))
+    feed = make_feed(WebSocketConfig(ping_interval=None), broker=broker)
     app = feed.app
     async with live_server(app) as server:
         stalled = await StalledClient.connect(server.port, "/feed?name=stalled")
@@ -490,10 +504,12 @@ async def test_a_flood_reaches_every_reader_and_a_stalled_client_is_closed_once(
         assert app.channels.groups() == {}
 
 
-async def test_a_flood_of_64_kib_messages_reaches_one_reader_whole(live_server: Any) -> None:
+async def test_a_flood_of_64_kib_messages_reaches_one_reader_whole(
+    live_server: Any, broker: Broker
+) -> None:
     """3,000 x 64 KiB (188 MiB) to one reader: every one arrives, in order (the earlier
     private outbox delivered 358 of them)."""
-    feed = make_feed(WebSocketConfig(ping_interval=None, max_message_size=2 * BIG))
+    feed = make_feed(WebSocketConfig(ping_interval=None, max_message_size=2 * BIG), broker=broker)
     app = feed.app
     async with live_server(app) as server:
         async with (
