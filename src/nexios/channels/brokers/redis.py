@@ -129,7 +129,8 @@ local function trim(first, top, bytes, max_count, max_bytes, cutoff)
   local kept = first
   while kept <= top do
     local left = top - kept + 1
-    local by_size = (max_count and left > max_count) or (max_bytes and bytes > max_bytes and left > 1)
+    local by_size = (max_count and left > max_count)
+      or (max_bytes and bytes > max_bytes and left > 1)
     if not by_size and not cutoff then
       break
     end
