@@ -682,8 +682,42 @@ def render(jsonl: Path, markdown: Path, *, plot: bool = True) -> None:
         "describes the run).",
         "",
     ]
+    lines += resume_section(markdown)
     lines += kept_runs(markdown)
     markdown.write_text("\n".join(lines))
+
+
+RESUME_RUNS = BENCH / "resume.jsonl"
+
+
+def resume_section(markdown: Path) -> list[str]:
+    """The resume cost (``python -m bench.resume``, one JSON line per run in
+    ``bench/resume.jsonl``): only nexios resumes, so a table of its own."""
+    if markdown.name != "RESULTS.md" or not RESUME_RUNS.exists():
+        return []
+    rows = [json.loads(line) for line in RESUME_RUNS.read_text().splitlines() if line.strip()]
+    lines = [
+        "## Resume cost",
+        "",
+        "A member that rejoins a group with `ws.join(group, since=position)` "
+        f"{rows[0]['behind']:,} messages behind: the time from its handshake to the last "
+        "replayed message, and the server's CPU per replayed message (`python -m "
+        "bench.resume [--redis]`: server on core 0, picows client on core 1; each run "
+        "replays to a new connection several times, in order and once each, checked). On "
+        "Redis the group has no member when the messages are published, so the server's "
+        "copy of the log starts at the top and the replay reads the Redis stream.",
+        "",
+        "| broker | behind | message | median | range | server CPU per message | git | when |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['broker']} | {row['behind']:,} | {row['size'] // 1024} KiB | "
+            f"{row['median_ms']} ms | {row['min_ms']}-{row['max_ms']} ms | "
+            f"{row['server_cpu_us_per_message']} µs | {row['git']} | {row['at']} |"
+        )
+    lines += ["", f"Raw data: `{_rel(RESUME_RUNS)}`.", ""]
+    return lines
 
 
 def _rel(path: Path) -> str:

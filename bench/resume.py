@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import statistics
@@ -110,6 +111,9 @@ def main() -> None:
     parser.add_argument(
         "--redis", action="store_true", help="the broker is Redis: the replay reads the stream"
     )
+    parser.add_argument(
+        "--save", action="store_true", help="append the result to bench/resume.jsonl"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)  # "port pid": the client side
     args = parser.parse_args()
     if args.client:
@@ -132,7 +136,16 @@ def main() -> None:
             "--client", f"{server.port} {server.proc.pid}",
         ]  # fmt: skip
         out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
-        print(out.strip().splitlines()[-1])
+        result = json.loads(out.strip().splitlines()[-1])
+        git = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        result = {"broker": "redis" if args.redis else "memory", **result, "git": git, "at": at}
+        print(json.dumps(result))
+        if args.save:
+            with (BENCH / "resume.jsonl").open("a") as saved:
+                saved.write(json.dumps(result) + "\n")
     finally:
         stop_server(server)
 
