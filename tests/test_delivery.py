@@ -19,7 +19,7 @@ import pytest
 
 from _sinks import FakeSink
 from nexios.channels import Bounds, ChannelLayer, Joined, MemoryBroker, Position, Published
-from nexios.channels.layer import SLOW_CONSUMER_CLOSE
+from nexios.channels.writers import SLOW_CONSUMER_CLOSE
 
 
 def layer(**options: Any) -> ChannelLayer:

@@ -36,8 +36,8 @@ from websockets.asyncio.client import ClientConnection, connect
 import nexios.server
 from nexios import NexiosApp, WebSocket, WebSocketConfig
 from nexios.channels import Bounds, Broker, MemoryBroker
-from nexios.channels.layer import SLOW_CONSUMER_CLOSE
 from nexios.channels.registry import Member
+from nexios.channels.writers import SLOW_CONSUMER_CLOSE
 from nexios.exceptions import WebSocketDisconnect
 
 try:

@@ -15,6 +15,12 @@ a member that falls off the end of the log meets its slow-consumer policy, count
 logged; a member that joins with ``since=`` gets every message after it, or is told it
 cannot (``recovered`` False). Messages to connections by id (``send_to``) are outside
 the logs: at most once, a bounded queue per connection.
+
+Where things are: this module has the API (publish, join, send_to, history) and the
+fan-out loop; ``registry`` who is where (sans-I/O); ``fanout`` the forms a message is
+written in; ``writers`` how a member that is behind catches up, pacing and the
+slow-consumer policy; ``copies`` this process's copies of remote (Redis) logs; ``log``
+positions and the in-memory log; ``stats`` the counters; ``brokers`` memory and Redis.
 """
 
 from __future__ import annotations
@@ -34,25 +40,31 @@ from typing import Any, Literal
 
 import orjson
 
-from nexios._tasks import spawn
 from nexios.channels.brokers.base import (
     Broker,
     BrokerOutcomeUnknown,
     BrokerRefused,
     BrokerUnavailable,
-    Logged,
     parse_announcement,
 )
 from nexios.channels.brokers.memory import MemoryBroker
-from nexios.channels.fanout import deliver, form, message_for, put_behind, skip_notice
+from nexios.channels.copies import GROUP, UNKNOWN_EPOCH, Copies
+from nexios.channels.fanout import deliver, form, message_for, put_behind
 from nexios.channels.log import MAX_OFFSET, Bounds, GroupLog, PayloadKind, Position
 from nexios.channels.registry import (
+    EVERYONE,
     Group,
     Member,
     Registry,
     Sink,
     SlowConsumerPolicy,
     policy_of,
+)
+from nexios.channels.stats import ChannelStats, Sequences
+from nexios.channels.writers import (
+    PACE_HIGH_WATER,
+    PACE_TIMEOUT,
+    Writers,
 )
 from nexios.exceptions import ImproperlyConfigured, WebSocketStateError
 from nexios.types import Message
@@ -70,8 +82,7 @@ logger = logging.getLogger("nexios.channels")
 
 Encoding = Literal["auto", "json", "text", "bytes"]
 
-# Broker channel names: user groups, and the one channel for messages addressed by id.
-_GROUP = "g:"
+# The one broker channel for messages addressed by id (a group's is copies.GROUP + name).
 _DIRECT = "direct"
 
 # Fan-out holds the event loop for at most about this long (seconds) before it lets the
@@ -109,124 +120,6 @@ def current_layer() -> ChannelLayer:
             "lifespan starts app.channels), or add a channel to a group first."
         )
     return _current
-
-
-class ChannelStats:
-    """Counters of what the layer did and lost; a readiness probe or metrics can read them.
-
-    Every message handed to a shared broker ends in exactly one of ``published_remote``,
-    ``publish_failed`` and ``publish_unknown``; see docs/channels.md.
-    """
-
-    __slots__ = (
-        "closed_slow",
-        "delivered",
-        "dropped",
-        "gap_filled",
-        "history_failed",
-        "missed_remote",
-        "paced",
-        "publish_failed",
-        "publish_refused",
-        "publish_unknown",
-        "published",
-        "published_remote",
-        "received_remote",
-        "recovered",
-        "recovery_failed",
-        "skipped",
-        "slow",
-    )
-
-    def __init__(self) -> None:
-        self.published = 0  # publish() and send_to() calls
-        self.delivered = 0  # messages written to local members' sockets
-        self.dropped = 0  # messages to connections by id dropped by a full queue
-        self.closed_slow = 0  # members closed when they fell off a log ("close")
-        self.skipped = 0  # log entries members did not get ("skip", or a lost stretch)
-        self.paced = 0  # publishes that waited for a member that is behind
-        self.slow = 0  # times a member held a publisher back too long (then paces nobody)
-        self.recovered = 0  # joins with since= that got everything after the position
-        self.recovery_failed = 0  # ... that could not (trimmed, another epoch)
-        # Messages for the other processes: the broker took them (Redis answered) ...
-        self.published_remote = 0
-        # ... they certainly did not reach the broker: the other processes lost them ...
-        self.publish_failed = 0
-        # ... (of those, refused at once because the broker was known down) ...
-        self.publish_refused = 0
-        # ... or sent with no reply: they may or may not have reached the other processes.
-        self.publish_unknown = 0
-        self.received_remote = 0  # messages from other processes
-        # Messages of other processes this one did not receive and could not recover
-        # from the log (gaps in offsets, or in the numbers of messages sent by id).
-        self.missed_remote = 0
-        # Messages this process did not receive when published but read back from the
-        # log (its broker connection dropped, or announcements came out of order).
-        self.gap_filled = 0
-        # Kept for the name: logs replaced save_history; always 0.
-        self.history_failed = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __repr__(self) -> str:
-        return f"ChannelStats({self.as_dict()})"
-
-
-class _Sequences:
-    """Per-publisher message numbers, in one place: stamped on what this process
-    publishes (per channel, 1, 2, ...), checked on what it receives (per channel and
-    publishing process), so that a gap counts the messages missed.
-
-    Bounded: this process numbers at most ``CHANNELS`` channels (the least recently
-    published is forgotten, and starts again at 1, which a receiver takes as a fresh
-    start), and follows at most ``ORIGINS`` publishers per channel it is subscribed to
-    (a channel's numbers are forgotten when it unsubscribes).
-    """
-
-    CHANNELS = 65_536
-    ORIGINS = 64
-
-    __slots__ = ("_last", "_next")
-
-    def __init__(self) -> None:
-        self._next: dict[str, int] = {}
-        self._last: dict[str, dict[str, int]] = {}
-
-    def stamp(self, channel: str) -> int:
-        """The number of this process's next message on *channel*."""
-        numbers = self._next
-        n = numbers.pop(channel, 0) + 1  # popped and put back: the most recent, last
-        numbers[channel] = n
-        if len(numbers) > self.CHANNELS:
-            del numbers[next(iter(numbers))]
-        return n
-
-    def missed(self, origin: str, channel: str, n: int) -> int:
-        """How many messages of *origin* on *channel* were missed before number *n*;
-        -1 for a message that comes after a later one (it was counted missed then)."""
-        seen = self._last.get(channel)
-        if seen is None:
-            seen = self._last[channel] = {}
-        last = seen.get(origin)
-        if last is None or n == 1:  # the first one seen, or the publisher started again
-            seen[origin] = n
-            if len(seen) > self.ORIGINS:
-                del seen[next(iter(seen))]
-            return 0
-        if n > last:
-            seen[origin] = n
-            return n - last - 1
-        # Concurrent publishes of one process may reach the broker in another order.
-        return -1
-
-    def forget(self, channel: str) -> None:
-        self._last.pop(channel, None)
-
-
-# A gap in another process's numbers is logged at most once in this many seconds (the
-# count goes on).
-_MISSED_LOG_INTERVAL = 10.0
 
 
 def _encode(payload: Any) -> tuple[PayloadKind, bytes]:
@@ -285,31 +178,14 @@ class Joined:
     reason: str | None = None
 
 
-# What a member that falls off a log with the "close" policy is closed with: 1013 (try
-# again later): the client reconnects and joins with its last position.
-SLOW_CONSUMER_CLOSE = (1013, "Fell behind the group's log: rejoin with your last position")
-
-# A publisher waits for a member that is behind by more than this many messages (and
-# never more than half of what the log can hold).
-PACE_HIGH_WATER = 256
-# ... for at most this many seconds in a row; past it the member paces nobody.
-PACE_TIMEOUT = 1.0
-# Entries a writer sends before it looks at the group again (and wakes a publisher).
-_WRITE_BATCH = 32
-# Seconds an announcement waits for the ones before it before the gap is read from the
-# broker's log.
-_REORDER_WINDOW = 0.1
 # Seconds a publish waits for its own message to be fanned out here (gap filling).
 _OWN_WAIT = 2.0
-# The offset a skip notice waits for in a member's direct queue: none (it never blocks);
-# it marks the notice, so that a later skip of the same group finds it.
-_NOTICE = -1
 # Message ids published while the broker's outcome was unknown, remembered so that a
 # late announcement of one is not delivered twice here.
 _UNLOGGED_IDS = 4096
 
 
-class ChannelLayer:
+class ChannelLayer(Writers, Copies):
     """Groups of connections, in this process and, through the broker, in all of them."""
 
     def __init__(
@@ -349,7 +225,7 @@ class ChannelLayer:
         self._start_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
         self._publish_down = False
-        self._sequences = _Sequences()
+        self._sequences = Sequences()
         # Groups being set up (subscribed, their log's position read): joins wait.
         self._opening: dict[str, asyncio.Future[Group]] = {}
         # Announcements that came before the ones they follow, by group, by offset.
@@ -575,7 +451,7 @@ class ChannelLayer:
         future: asyncio.Future[Group] = asyncio.get_running_loop().create_future()
         self._opening[name] = future
         try:
-            channel = _GROUP + name
+            channel = GROUP + name
             local = self.broker.local_log(channel) if self.broker.logs else None
             await self.broker.subscribe(channel)
             if local is not None:
@@ -609,13 +485,13 @@ class ChannelLayer:
             logger.warning(
                 "Could not read the log of %r (%s): joined without a position", name, exc
             )
-            return GroupLog(_UNKNOWN_EPOCH, self.bounds(name))
+            return GroupLog(UNKNOWN_EPOCH, self.bounds(name))
         return GroupLog(read.epoch, self.bounds(name), start=read.top)
 
     async def _close_group(self, group: Group) -> None:
         """The last local member left: stop receiving the group's messages."""
         self._pending.pop(group, None)
-        await self.broker.unsubscribe(_GROUP + group.name)
+        await self.broker.unsubscribe(GROUP + group.name)
 
     async def _join(
         self, member: Member, name: str, *, envelope: bool, since: Position | None
@@ -630,7 +506,7 @@ class ChannelLayer:
         if since is None:
             self._registry.join(member, group, envelope=envelope, cursor=None)
             self._after_join(member, group)
-            return Joined(True, log.top if log.epoch != _UNKNOWN_EPOCH else None)
+            return Joined(True, log.top if log.epoch != UNKNOWN_EPOCH else None)
         joined = await self._recover(member, group, envelope, since)
         if joined.recovered:
             self.stats.recovered += 1
@@ -660,14 +536,14 @@ class ChannelLayer:
         if answer.recovered:
             self._registry.join(member, group, envelope=envelope, cursor=since.offset)
             return Joined(True, log.top, len(answer.entries))
-        if answer.reason != "trimmed" or self.broker.local_log(_GROUP + group.name) is not None:
+        if answer.reason != "trimmed" or self.broker.local_log(GROUP + group.name) is not None:
             self._registry.join(member, group, envelope=envelope, cursor=None)
             return Joined(False, log.top, reason=answer.reason)
         # This process's copy does not reach back: the broker's log may.
         first = log.first
         try:
             read = await self.broker.read(
-                _GROUP + group.name, since.offset, first - 1 - since.offset
+                GROUP + group.name, since.offset, first - 1 - since.offset
             )
         except (BrokerUnavailable, OSError):
             self._registry.join(member, group, envelope=envelope, cursor=None)
@@ -690,179 +566,6 @@ class ChannelLayer:
         member.replay[group] = deque((e.offset, e.kind, e.body) for e in entries)
         return Joined(True, group.log.top, len(entries) + group.delivered - (first - 1))
 
-    # ------------------------------------------------------------------ writers
-
-    def _wake(self, member: Member) -> None:
-        """Start the member's writer if it has none (it sends what waits, in order)."""
-        if member.writer is None and not member.held and not member.closed:
-            member.writer = asyncio.get_running_loop().create_task(self._write(member))
-
-    def _stop_writer(self, member: Member) -> None:
-        writer, member.writer = member.writer, None
-        if writer is not None and not writer.done() and writer is not asyncio.current_task():
-            writer.cancel()
-
-    async def _write(self, member: Member) -> None:
-        """Send what waits for ``member``: its direct messages, then for each group it
-        is behind in, the log's entries after its cursor; make it live again there once
-        it reaches the top. Ends when nothing waits (the next stuck write starts it)."""
-        send = member.sink.send
-        try:
-            while not member.closed:
-                direct = member.direct
-                if direct:
-                    message, barriers = direct[0]
-                    blocking = _blocking(member, barriers)
-                    if blocking is None:
-                        direct.popleft()
-                        await send(message)
-                        continue
-                    # Group messages that came before it go first.
-                    await self._write_group(member, blocking[0], send, blocking[1])
-                    continue
-                if not member.behind:
-                    return
-                group = next(iter(member.behind))
-                await self._write_group(member, group, send, MAX_OFFSET)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The peer went away (uvicorn: ClientDisconnected) or the app closed it.
-            self._gone(member)
-        finally:
-            if member.writer is asyncio.current_task():
-                member.writer = None
-
-    async def _write_group(self, member: Member, group: Group, send: Any, upto: int) -> None:
-        cursor = group.behind.get(member)
-        if cursor is None:  # left meanwhile
-            member.behind.pop(group, None)
-            return
-        replay = member.replay.get(group)
-        if replay:
-            offset, kind, body = replay.popleft()
-            if not replay:
-                del member.replay[group]
-            await send(message_for(member, group, offset, kind, body))
-            self.stats.delivered += 1
-            self._progress(group)
-            return
-        if Registry.caught_up(member, group):
-            self._caught_up(member, group)
-            return
-        log = group.log
-        entries = log.after(cursor, min(_WRITE_BATCH, min(upto, group.delivered) - cursor))
-        if entries is None:
-            self._fell_off(member, group, cursor)
-            return
-        skip = group.skip
-        for entry in entries:
-            if not skip or not _skips(skip.get(entry.offset), member):
-                member.inflight = (group, entry.offset)
-                try:
-                    await send(message_for(member, group, entry.offset, entry.kind, entry.body))
-                finally:
-                    member.inflight = None
-                self.stats.delivered += 1
-            if group.behind.get(member) != cursor or group.log is not log:
-                return  # skipped, left or rejoined meanwhile: look again
-            cursor = group.behind[member] = entry.offset
-        if member.pace_since is not None and group.delivered - cursor <= (
-            self._high_water(log) // 2
-        ):
-            member.pace_since = None  # back under the low-water mark: the episode is over
-        self._progress(group)
-
-    def _caught_up(self, member: Member, group: Group) -> None:
-        if member.slow:
-            logger.info(
-                "WebSocket %s caught up with %r: it paces publishers again", member.id, group.name
-            )
-        member.slow = False
-        member.pace_since = None
-        self._progress(group)
-
-    def _progress(self, group: Group) -> None:
-        """A behind member moved: wake a publisher waiting for it."""
-        waiting = group.progress
-        if waiting is not None:
-            group.progress = None
-            if not waiting.done():
-                waiting.set_result(None)
-
-    def _gone(self, member: Member) -> None:
-        """The connection cannot be sent to: stop fanning out to it now (its groups are
-        left for real when its handler ends: `unregister`)."""
-        member.closed = True
-        member.direct.clear()
-        for group in list(member.groups):
-            group.live.pop(member, None)
-            group.behind.pop(member, None)
-        member.behind.clear()
-
-    def _fell_off(self, member: Member, group: Group, cursor: int) -> None:
-        """``member``'s next entry in ``group`` is gone from the log: its policy."""
-        log = group.log
-        # A cursor beyond the top is another epoch's (the log was replaced): nothing known.
-        missed = 0 if cursor > log.top.offset else max(0, log.first - 1 - cursor)
-        if member.policy == "close":
-            self.stats.closed_slow += 1
-            self.stats.skipped += missed
-            member.missed += missed
-            logger.warning(
-                "WebSocket %s fell behind the log of %r (it had %d message(s) still to "
-                "get when the log dropped them); closing it with %d, policy 'close'.",
-                member.id,
-                group.name,
-                missed,
-                SLOW_CONSUMER_CLOSE[0],
-            )
-            self._stop_writer(member)
-            self._gone(member)
-            spawn(self._close_slow(member))
-            return
-        # "skip": on to the newest entry; the member learns how many it missed.
-        top = log.top.offset
-        target = max(top - 1, log.first - 1)
-        missed = max(0, target - cursor) if cursor <= top else 0
-        if member.inflight == (group, cursor + 1) and missed:
-            missed -= 1  # being sent right now: it arrives
-        group.behind[member] = target
-        member.missed += missed
-        self.stats.skipped += missed
-        if member.missed == missed:  # once per connection
-            logger.warning(
-                "WebSocket %s fell behind the log of %r: skipped %d message(s) to the "
-                "newest (policy 'skip'); stats.skipped counts them.",
-                member.id,
-                group.name,
-                missed,
-            )
-        if member.groups.get(group, False):
-            self._notice(member, group, target, missed)
-        self._wake(member)
-
-    def _notice(self, member: Member, group: Group, target: int, missed: int) -> None:
-        """Tell an enveloped member that skipped to ``target`` how many it missed, before
-        the group's next message. A notice of the group still waiting (the member skipped
-        again before it read it) becomes one for both stretches: a second notice put in
-        front of it would come first, and the offsets the client sees would go back."""
-        mark = ((group, _NOTICE),)
-        direct = member.direct
-        epoch = group.log.epoch
-        for i, (message, barriers) in enumerate(direct):
-            if barriers == mark:
-                missed += orjson.loads(message["text"])["missed"]
-                direct[i] = (skip_notice(group.name, epoch, target, missed), mark)
-                return
-        direct.appendleft((skip_notice(group.name, epoch, target, missed), mark))
-
-    async def _close_slow(self, member: Member) -> None:
-        try:
-            await member.sink.close(*SLOW_CONSUMER_CLOSE)
-        except Exception:  # the peer is gone too; keepalive reaps the socket
-            logger.debug("Could not close slow WebSocket %s", member.id, exc_info=True)
-
     # ------------------------------------------------------------------ fan-out
 
     async def _catch_up(self, group: Group) -> int:
@@ -882,7 +585,7 @@ class ChannelLayer:
                 continue
             group.delivered = offset
             skipped = group.skip.get(offset) if group.skip else None
-            if skipped is _EVERYONE:
+            if skipped is EVERYONE:
                 reached = 0
                 continue
             live = group.live
@@ -934,77 +637,7 @@ class ChannelLayer:
             member.missed += count
         self.stats.skipped += count * len(group.live)
         self.stats.missed_remote += count
-        self._log_missed(_GROUP + group.name, count)
-
-    async def _pace(self, group: Group) -> None:
-        """Wait while members that read are far behind in ``group`` (see the module).
-
-        An episode begins when a member is more than the high-water mark behind and ends
-        when it is back to half of it: a publisher waits for that (not just for the mark),
-        else a member that reads, slower than a publisher that floods, would hover at the
-        mark in one endless episode, and be taken for slow after ``pace_timeout``. Every
-        member over the mark starts its clock when a publisher first waits for it, all of
-        them at once: however many stall together, a publisher waits about
-        ``pace_timeout`` for them, not that much per member."""
-        loop = asyncio.get_running_loop()
-        paced = False
-        while group.behind:
-            limit = self._high_water(group.log)
-            low = limit // 2
-            delivered = group.delivered
-            lagging = []
-            for member, cursor in group.behind.items():
-                lag = delivered - cursor
-                if member.pace_since is not None and lag <= low:
-                    member.pace_since = None  # the episode is over
-                over = limit if member.pace_since is None else low
-                if lag > over and not member.slow and not member.held:
-                    lagging.append(member)
-            if not lagging:
-                return
-            now = loop.time()
-            deadline = None
-            for member in lagging:
-                if member.pace_since is None:
-                    member.pace_since = now
-                elif member.pace_since + self.pace_timeout <= now:
-                    self._too_slow(member, group)
-                    continue
-                until = member.pace_since + self.pace_timeout
-                deadline = until if deadline is None else min(deadline, until)
-            if deadline is None:
-                continue  # every one of them was too slow: look again
-            if not paced:
-                paced = True
-                self.stats.paced += 1
-            if group.progress is None:
-                group.progress = loop.create_future()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(group.progress)
-
-    def _too_slow(self, member: Member, group: Group) -> None:
-        """``member`` held publishers back for ``pace_timeout``: it paces nobody now."""
-        member.slow = True
-        member.pace_since = None
-        self.stats.slow += 1
-        logger.warning(
-            "WebSocket %s has held publishers to %r back for %.2f s: it no longer "
-            "paces them until it catches up (stats.slow)",
-            member.id,
-            group.name,
-            self.pace_timeout,
-        )
-
-    def _high_water(self, log: GroupLog) -> int:
-        """How far behind a member may be before it paces publishers: the high-water
-        mark, and at most half of what the log holds at its bounds."""
-        bounds = log.bounds
-        room = bounds.max_count or MAX_OFFSET
-        if bounds.max_bytes is not None and len(log):
-            average = max(1, log.nbytes // len(log))
-            room = min(room, bounds.max_bytes // average)
-        return max(1, min(self.pace_high_water, room // 2))
+        self._log_missed(GROUP + group.name, count)
 
     # ------------------------------------------------------------------ sending
 
@@ -1028,7 +661,7 @@ class ChannelLayer:
         kind, body = _encode(payload)
         self.stats.published += 1
         self._slice_begin()
-        channel = _GROUP + group
+        channel = GROUP + group
         opened = self._registry.groups.get(group)
         local = self.broker.local_log(channel) if self.broker.logs else None
         if local is not None:
@@ -1069,9 +702,7 @@ class ChannelLayer:
                 self._excluding[msg_id] = excluded
         stats = self.stats
         try:
-            position = await self.broker.append(
-                _GROUP + name, kind, body, msg_id, self.bounds(name)
-            )
+            position = await self.broker.append(GROUP + name, kind, body, msg_id, self.bounds(name))
         except (
             BrokerRefused,
             BrokerOutcomeUnknown,
@@ -1140,30 +771,6 @@ class ChannelLayer:
         self._unlogged[msg_id] = None
         if len(self._unlogged) > _UNLOGGED_IDS:
             self._unlogged.popitem(last=False)
-
-    def _push_direct(self, member: Member, message: Message, frame: bytes | None) -> bool:
-        """A message outside the logs: now if nothing waits and the socket takes it,
-        else queued (bounded by ``outbox_size``: past it the oldest is dropped)."""
-        if member.closed:
-            return False
-        if not member.waiting and member.sink.send_nowait(message, frame):
-            return True
-        if len(member.direct) >= member.maxsize:
-            _drop_oldest_message(member.direct)
-            member.dropped += 1
-            self.stats.dropped += 1
-            if member.dropped == 1:
-                logger.warning(
-                    "WebSocket %s reads too slowly: %d messages sent to it by id wait; "
-                    "dropping the oldest from now on (stats.dropped counts them).",
-                    member.id,
-                    member.maxsize,
-                )
-        # After the group messages that came before it (to a member behind in a group).
-        barriers = tuple((group, group.delivered) for group in member.behind)
-        member.direct.append((message, barriers))
-        self._wake(member)
-        return True
 
     async def send_to(self, ids: Iterable[str], payload: Any) -> int:
         """Send ``payload`` to the connections whose ``ws.id`` is in ``ids``, wherever."""
@@ -1267,9 +874,9 @@ class ChannelLayer:
                         self._log_missed(channel, missed)
             self._deliver_ids(header["i"], header["k"], body)
             return
-        if not channel.startswith(_GROUP):
+        if not channel.startswith(GROUP):
             return
-        name = channel[len(_GROUP) :]
+        name = channel[len(GROUP) :]
         position, kind, msg_id, body = parse_announcement(data)
         group = self._registry.groups.get(name)
         if group is None:
@@ -1286,221 +893,6 @@ class ChannelLayer:
         holder = self._opening_pending.setdefault(name, {})
         holder[position.offset] = (position, kind, msg_id, body)
 
-    async def _announced(
-        self, group: Group, position: Position, kind: PayloadKind, msg_id: str, body: bytes
-    ) -> None:
-        """A message of the group's stream, in whatever order it came: fan it out in
-        offset order (waiting for the ones before it, or reading them from the log)."""
-        log = group.log
-        local = self.broker.local_log(_GROUP + group.name)
-        if local is not None:
-            # A log in this process: it has the entry; fan out up to it.
-            self.stats.received_remote += 1
-            if local is not log:
-                self._replace_log(group, local)
-            await self._fan_out_own(group, msg_id)
-            return
-        if position.epoch != log.epoch:
-            self._new_epoch(group, position)
-            log = group.log
-        top = log.top.offset
-        if position.offset <= top:
-            return  # had it already (our own message, announced after we logged it)
-        if position.offset > top + 1:
-            pending = self._pending.setdefault(group, {})
-            pending[position.offset] = (position, kind, msg_id, body)
-            if group not in self._filling:
-                self._filling.add(group)
-                spawn(self._fill(group))
-            return
-        self._append(group, kind, body, msg_id)
-        await self._fan_out_own(group, msg_id)
-        pending = self._pending.get(group) or {}
-        while pending:
-            following = pending.pop(group.log.top.offset + 1, None)
-            if following is None:
-                break
-            _, kind, msg_id, body = following
-            self._append(group, kind, body, msg_id)
-            await self._fan_out_own(group, msg_id)
-        if not pending:
-            self._pending.pop(group, None)
-
-    def _append(self, group: Group, kind: PayloadKind, body: bytes, msg_id: str) -> None:
-        """Add the next entry to this process's copy of a remote log."""
-        group.log.append(kind, body, time.monotonic())
-        if not msg_id.startswith(self.origin):
-            self.stats.received_remote += 1
-        elif msg_id in self._own:
-            self._appended_own.append(msg_id)  # a publish here waits for its fan-out
-        if msg_id in self._unlogged:
-            # Delivered here when the broker did not answer; it was logged after all.
-            del self._unlogged[msg_id]
-            group.skip[group.log.top.offset] = _EVERYONE
-        else:
-            excluded = self._excluding.get(msg_id)
-            if excluded is not None and group in excluded.groups:
-                group.skip[group.log.top.offset] = excluded
-
-    async def _fan_out_own(self, group: Group, msg_id: str = "") -> None:
-        """Fan out what the copy holds; tell the publishes of this process waiting for
-        theirs (``msg_id``, and any appended from a read of the log) how many it reached."""
-        sent = await self._catch_up(group)
-        ids = self._appended_own
-        if msg_id:
-            ids.append(msg_id)
-        while ids:
-            waiting = self._own.get(ids.pop())
-            if waiting is not None and not waiting.done():
-                waiting.set_result(sent)
-
-    def _new_epoch(self, group: Group, position: Position) -> None:
-        """The group's stream started over (the broker lost its past): a new copy from
-        just before this announcement; what members had not got of the old one is lost."""
-        old = group.log
-        if old.epoch != _UNKNOWN_EPOCH:
-            logger.warning(
-                "The log of %r started over (epoch %s, was %s): its past is lost; "
-                "members that were behind skip to the new stream",
-                group.name,
-                position.epoch,
-                old.epoch,
-            )
-        self._replace_log(group, GroupLog(position.epoch, old.bounds, start=position.offset - 1))
-
-    def _replace_log(self, group: Group, log: GroupLog) -> None:
-        """The group's stream is now ``log`` (another epoch): members go on from its
-        start; what they had not got of the old one is lost to them (counted)."""
-        old = group.log
-        group.log = log
-        group.delivered = log.first - 1  # everything the new log holds is still to fan out
-        group.first_seen = log.first
-        self._pending.pop(group, None)
-        group.skip.clear()
-        for member, cursor in list(group.behind.items()):
-            missed = max(0, old.top.offset - cursor)
-            member.missed += missed
-            self.stats.skipped += missed
-            member.replay.pop(group, None)
-            group.behind[member] = group.delivered
-
-    async def _fill(self, group: Group) -> None:
-        """Announcements are missing before some that came: wait a moment for them, then
-        read them from the broker's log; what it no longer has is counted as lost."""
-        try:
-            await asyncio.sleep(_REORDER_WINDOW)
-            while self._pending.get(group) and self._registry.groups.get(group.name) is group:
-                pending = self._pending[group]
-                log = group.log
-                top = log.top.offset
-                low = min(pending)
-                if low == top + 1:
-                    _, kind, msg_id, body = pending.pop(low)
-                    self._append(group, kind, body, msg_id)
-                    await self._fan_out_own(group, msg_id)
-                    continue
-                try:
-                    read = await self.broker.read(_GROUP + group.name, top, low - 1 - top)
-                except (BrokerUnavailable, OSError):
-                    read = None
-                if group.log is not log:
-                    continue
-                if read is not None and read.epoch == log.epoch:
-                    await self._append_read(group, read.entries, below=low)
-                if group.log.top.offset < low - 1:
-                    # Gone from the log too (or unreadable): lost for the members here.
-                    self._fill_lost(group, low)
-        finally:
-            self._filling.discard(group)
-
-    def _fill_lost(self, group: Group, low: int) -> None:
-        """The entries of the group's stream before ``low`` that this process's copy
-        lacks will never come: the copy goes on from ``low``; members are counted as
-        having missed them."""
-        log = group.log
-        missing = low - 1 - log.top.offset
-        self._lost(group, missing, group.delivered + 1)
-        fresh = GroupLog(log.epoch, log.bounds, start=low - 1)
-        group.log = fresh
-        group.delivered = fresh.top.offset
-        group.first_seen = fresh.first
-        for member in list(group.behind):
-            missed = low - 1 - group.behind[member]
-            member.missed += missed
-            self.stats.skipped += missed
-            group.behind[member] = low - 1
-            member.replay.pop(group, None)
-
-    async def _append_read(
-        self, group: Group, entries: list[Logged], below: int = MAX_OFFSET
-    ) -> int:
-        """Add entries read from the broker's log to this process's copy, as far as they
-        follow its top (and stay below ``below``); fan them out. Returns how many."""
-        got = 0
-        for entry in entries:
-            if entry.offset != group.log.top.offset + 1 or entry.offset >= below:
-                break
-            self._append(group, entry.kind, entry.body, entry.id)
-            got += 1
-        if got:
-            self.stats.gap_filled += got
-            logger.info(
-                "Read %d message(s) of %r back from the log: this process had not "
-                "received them (stats.gap_filled)",
-                got,
-                group.name,
-            )
-            await self._fan_out_own(group)
-        return got
-
-    def _resubscribed(self) -> None:
-        """The broker's subscriptions were down and are back: what was announced
-        meanwhile never reached this process. Read each group's log for it now, rather
-        than at the group's next message."""
-        for group in list(self._registry.groups.values()):
-            if self.broker.local_log(_GROUP + group.name) is None:
-                spawn(self._resync(group))
-
-    async def _resync(self, group: Group) -> None:
-        channel = _GROUP + group.name
-        delay = 0.05
-        while True:
-            log = group.log
-            try:
-                read = await self.broker.read(channel, log.top.offset)
-                if read.epoch != log.epoch and read.top:  # the stream started over meanwhile
-                    read = await self.broker.read(channel, read.first - 1)
-                break
-            except (BrokerUnavailable, OSError) as exc:
-                # Its command connections may be as stale as its subscription was: retry
-                # (the broker knows when it is down) until the group is gone here.
-                logger.debug("Could not read the log of %r after reconnecting: %s", group.name, exc)
-                if not self._started or self._registry.groups.get(group.name) is not group:
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        if group.log is not log or self._registry.groups.get(group.name) is not group:
-            return  # changed meanwhile: announcements are being handled
-        if read.epoch != log.epoch:
-            self._new_epoch(group, Position(read.epoch, read.first))
-        elif read.first > log.top.offset + 1:  # what it missed is gone from the log too
-            self._fill_lost(group, read.first)
-        await self._append_read(group, read.entries)
-
-    def _log_missed(self, channel: str, missed: int) -> None:
-        now = time.monotonic()
-        if self._missed_logged is not None and now - self._missed_logged < _MISSED_LOG_INTERVAL:
-            return
-        self._missed_logged = now
-        logger.warning(
-            "Missed %d message(s) published on %r (this process was not receiving "
-            "from the broker, and the log no longer had them); %d missed in all "
-            "(stats.missed_remote).",
-            missed,
-            channel,
-            self.stats.missed_remote,
-        )
-
     # ------------------------------------------------------------------ history
 
     async def history(self, group: str, count: int | None = None) -> list[dict[str, Any]]:
@@ -1513,7 +905,7 @@ class ChannelLayer:
             count = self.history_size
         if count <= 0:
             return []
-        channel = _GROUP + group
+        channel = GROUP + group
         local = self.broker.local_log(channel) if self.broker.logs else None
         if local is not None:
             wall = time.time() - time.monotonic()
@@ -1540,7 +932,7 @@ class ChannelLayer:
         """Forget the logs of ``group`` (of every group with None): their past is lost,
         the next message starts a new epoch."""
         await self.start()
-        await self.broker.clear_history(None if group is None else _GROUP + group)
+        await self.broker.clear_history(None if group is None else GROUP + group)
 
     # ------------------------------------------------------------------ views
 
@@ -1575,37 +967,3 @@ class ChannelLayer:
             f"<ChannelLayer {type(self.broker).__name__} groups={len(self._registry.groups)} "
             f"members={len(self._registry.members)} healthy={self.healthy}>"
         )
-
-
-# In `Group.skip`: an entry nobody here is to be sent (they had it already).
-_EVERYONE: Any = object()
-
-
-def _skips(skipped: object, member: Member) -> bool:
-    """Whether an entry whose `Group.skip` value is ``skipped`` is not for ``member``."""
-    return skipped is _EVERYONE or skipped is member
-
-
-def _drop_oldest_message(direct: deque[tuple[Message, tuple[tuple[Group, int], ...]]]) -> None:
-    """Drop the oldest message sent by id from a full queue; never a skip notice (the
-    client would not learn about a stretch it missed)."""
-    for i, (_, barriers) in enumerate(direct):
-        if not (len(barriers) == 1 and barriers[0][1] == _NOTICE):
-            del direct[i]
-            return
-    direct.popleft()
-
-
-def _blocking(member: Member, barriers: tuple[tuple[Group, int], ...]) -> tuple[Group, int] | None:
-    """The first group whose messages up to an offset must reach ``member`` before a
-    direct message queued then; None when none must."""
-    for group, offset in barriers:
-        cursor = group.behind.get(member)
-        if cursor is not None and cursor < offset and member.behind.get(group, 0) is None:
-            return group, offset
-    return None
-
-
-# The epoch of a copy made while the broker's log could not be read: replaced by the
-# first announcement's.
-_UNKNOWN_EPOCH = "unknown"

@@ -29,6 +29,7 @@ from nexios.channels.log import GroupLog
 from nexios.types import Message
 
 __all__ = [
+    "EVERYONE",
     "LEGACY_POLICIES",
     "POLICIES",
     "Group",
@@ -37,6 +38,7 @@ __all__ = [
     "Sink",
     "SlowConsumerPolicy",
     "policy_of",
+    "skips",
 ]
 
 #: What happens to a member that falls off the end of a group's log: ``"close"``
@@ -72,6 +74,15 @@ class Sink(Protocol):
         """Send, waiting for room; raises when the connection is gone."""
 
     def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]: ...
+
+
+#: In `Group.skip`: an entry nobody here is to be sent (they had it already).
+EVERYONE: Any = object()
+
+
+def skips(skipped: object, member: Member) -> bool:
+    """Whether an entry whose `Group.skip` value is ``skipped`` is not for ``member``."""
+    return skipped is EVERYONE or skipped is member
 
 
 class Member:
