@@ -308,7 +308,8 @@ class WSRouter:
     async def broadcast(self, payload: Any, *, save_history: bool = False) -> int:
         """Send ``payload`` to every connection this router's routes serve, in every
         process. str goes as text, bytes as binary, anything else as JSON. Returns how
-        many local connections it was queued for."""
+        many local connections it reaches, an int with the message's ``position`` in the
+        router's group log (see ``ChannelLayer.publish``)."""
         layer = self._require_channels()
         assert self.channel_group is not None
         return await layer.publish(self.channel_group, payload, save_history=save_history)

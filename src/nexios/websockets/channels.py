@@ -138,8 +138,9 @@ class ChannelBox:
     ) -> int:
         """Send ``payload`` to every channel of ``group_name``, in every process.
 
-        Expired channels are removed first. Returns how many local channels it was
-        queued for.
+        Expired channels are removed first. Returns how many local channels it
+        reaches, an int with the message's ``position`` in the group's log. Every
+        message is logged (``save_history`` is kept for its name; docs/choices.md).
         """
         for channel in list(cls._channels.get(group_name, {}).values()):
             if channel.is_expired or channel.websocket.connection_state is (
