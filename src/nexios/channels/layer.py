@@ -50,7 +50,15 @@ from nexios.channels.brokers.base import (
 from nexios.channels.brokers.memory import MemoryBroker
 from nexios.channels.copies import GROUP, UNKNOWN_EPOCH, Copies
 from nexios.channels.fanout import deliver, form, message_for, put_behind
-from nexios.channels.log import MAX_OFFSET, Bounds, GroupLog, PayloadKind, Position
+from nexios.channels.log import (
+    MAX_OFFSET,
+    UNSET,
+    Bounds,
+    GroupLog,
+    PayloadKind,
+    Position,
+    given_bounds,
+)
 from nexios.channels.registry import (
     EVERYONE,
     Group,
@@ -137,9 +145,6 @@ def _decode(kind: str, body: bytes) -> Any:
     if kind == "text":
         return body.decode()
     return body
-
-
-_UNSET: Any = object()
 
 
 class Published(int):
@@ -322,21 +327,13 @@ class ChannelLayer(Writers, Copies):
         self,
         group: str,
         *,
-        max_count: int | None = _UNSET,
-        max_bytes: int | None = _UNSET,
-        max_age: float | None = _UNSET,
+        max_count: int | None = UNSET,
+        max_bytes: int | None = UNSET,
+        max_age: float | None = UNSET,
     ) -> Bounds:
         """Override the log bounds of one group (the others follow ``log_bounds``); with
         no bound given, drop its overrides. Returns the group's bounds."""
-        given: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("max_count", max_count),
-                ("max_bytes", max_bytes),
-                ("max_age", max_age),
-            )
-            if value is not _UNSET
-        }
+        given = given_bounds(max_count, max_bytes, max_age)
         bounds = self.log_bounds.replace(**given)
         if given:
             self._overrides[group] = bounds
@@ -713,7 +710,7 @@ class ChannelLayer(Writers, Copies):
             self._own.pop(msg_id, None)
             self._excluding.pop(msg_id, None)
             if isinstance(exc, NotImplementedError):
-                return await self._publish_unlogged(name, group, kind, body, exclude, msg_id, exc)
+                return await self._publish_unlogged(group, kind, body, exclude)
             self._outage(exc)
             if isinstance(exc, BrokerOutcomeUnknown):
                 stats.publish_unknown += 1
@@ -722,7 +719,7 @@ class ChannelLayer(Writers, Copies):
                 stats.publish_failed += 1
                 if isinstance(exc, BrokerRefused):
                     stats.publish_refused += 1
-            return await self._publish_unlogged(name, group, kind, body, exclude, msg_id, None)
+            return await self._publish_unlogged(group, kind, body, exclude)
         stats.published_remote += 1
         if self._publish_down:
             self._outage_over()
@@ -746,13 +743,10 @@ class ChannelLayer(Writers, Copies):
 
     async def _publish_unlogged(
         self,
-        name: str,
         group: Group | None,
         kind: PayloadKind,
         body: bytes,
         exclude: Sink | None,
-        msg_id: str,
-        error: BaseException | None,
     ) -> Published:
         """The broker could not log the message: local members still get it, with no
         position (it is in no log: nobody can recover it)."""

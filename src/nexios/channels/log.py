@@ -199,6 +199,21 @@ class Entry(NamedTuple):
 
 
 _UNSET: Any = object()
+#: The default of an override not given (`Logs.configure`, `ChannelLayer.configure`).
+UNSET: Any = _UNSET
+
+
+def given_bounds(max_count: Any, max_bytes: Any, max_age: Any) -> dict[str, Any]:
+    """The bounds an override names: those not left `UNSET`."""
+    return {
+        name: value
+        for name, value in (
+            ("max_count", max_count),
+            ("max_bytes", max_bytes),
+            ("max_age", max_age),
+        )
+        if value is not _UNSET
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,15 +536,7 @@ class Logs:
         to the logs it gets later (overrides are configuration: `sweep` and `forget`
         leave them). Returns the group's bounds; raises `ValueError`, naming the fix, if
         they are invalid (and then changes nothing)."""
-        given: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("max_count", max_count),
-                ("max_bytes", max_bytes),
-                ("max_age", max_age),
-            )
-            if value is not _UNSET
-        }
+        given = given_bounds(max_count, max_bytes, max_age)
         bounds = self.defaults.replace(**given)  # checks before anything changes
         if given:
             self._overrides[group] = given
