@@ -110,7 +110,9 @@ class Writers:
             offset, kind, body = replay.popleft()
             if not replay:
                 del member.replay[group]
-            await send(message_for(member, group, offset, kind, body))
+            message = message_for(member, group, offset, kind, body)
+            if not member.sink.send_nowait(message):
+                await send(message)
             self.stats.delivered += 1
             self._progress(group)
             return
@@ -123,13 +125,20 @@ class Writers:
             self._fell_off(member, group, cursor)
             return
         skip = group.skip
+        # Written at once while the socket takes it (no coroutine per message); the
+        # awaitable send only once it is full, to wait for it to drain.
+        nowait = member.sink.send_nowait
+        waited = False
         for entry in entries:
             if not skip or not skips(skip.get(entry.offset), member):
-                member.inflight = (group, entry.offset)
-                try:
-                    await send(message_for(member, group, entry.offset, entry.kind, entry.body))
-                finally:
-                    member.inflight = None
+                message = message_for(member, group, entry.offset, entry.kind, entry.body)
+                if not nowait(message):
+                    waited = True
+                    member.inflight = (group, entry.offset)
+                    try:
+                        await send(message)
+                    finally:
+                        member.inflight = None
                 self.stats.delivered += 1
             if group.behind.get(member) != cursor or group.log is not log:
                 return  # skipped, left or rejoined meanwhile: look again
@@ -139,6 +148,8 @@ class Writers:
         ):
             member.pace_since = None  # back under the low-water mark: the episode is over
         self._progress(group)
+        if not waited:
+            await asyncio.sleep(0)  # a batch that never waited: let the loop run
 
     def _caught_up(self, member: Member, group: Group) -> None:
         if member.slow:
