@@ -33,7 +33,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-import nexios.server
+import nexios.server.protocol
 from nexios import NexiosApp, WebSocket, WebSocketConfig
 from nexios.channels import Bounds, Broker, MemoryBroker
 from nexios.channels.registry import Member
@@ -720,8 +720,8 @@ def watch(server: Any, client_port: int) -> Watched:
 @pytest.fixture
 def quick_abort(monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket that does not close (its peer reads nothing) is aborted after 0.1 s,
-    not nexios.server.ABORT_AFTER (5 s)."""
-    monkeypatch.setattr(nexios.server, "ABORT_AFTER", 0.1)
+    not nexios.server.protocol.ABORT_AFTER (5 s)."""
+    monkeypatch.setattr(nexios.server.protocol, "ABORT_AFTER", 0.1)
 
 
 async def test_close_policy_releases_a_client_that_never_reads(

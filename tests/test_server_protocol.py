@@ -32,11 +32,11 @@ from websockets.uri import parse_uri
 
 from _servers import Handler, Message, Receive, Scope, Send
 from _servers import RawApp as App
-from nexios import server as nexios_server
-from nexios._frames import frame_header
-from nexios._http_protocol import NexiosH11Protocol, NexiosHttpToolsProtocol
 from nexios.config import ServerLimits
 from nexios.server import NexiosWebSocketProtocol, make_config
+from nexios.server import protocol as nexios_server
+from nexios.server.frames import frame_header
+from nexios.server.http import NexiosH11Protocol, NexiosHttpToolsProtocol
 
 TIMEOUT = 5.0
 

@@ -38,7 +38,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from nexios.server import ABORT_AFTER, EXIT_GRACE
+from nexios.server.protocol import ABORT_AFTER, EXIT_GRACE
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.shutdown_app:app"

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 
 import orjson
 
-from nexios._frames import BINARY, TEXT, frame_header
 from nexios.channels.log import PayloadKind
 from nexios.channels.registry import Group, Member, Registry
+from nexios.server.frames import BINARY, TEXT, frame_header
 from nexios.types import Message
 
 __all__ = ["Form", "deliver", "envelope", "form", "message", "message_for", "skip_notice"]

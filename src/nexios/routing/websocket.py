@@ -22,8 +22,9 @@ from nexios.exceptions import (
     WebSocketException,
 )
 from nexios.routing.paths import CompiledPath, compile_path
+from nexios.server.extensions import HTTP_RESPONSE_EXTENSION
 from nexios.types import Receive, Scope, Send
-from nexios.websockets.base import HTTP_RESPONSE_EXTENSION, WebSocket, WebSocketState
+from nexios.websockets.base import WebSocket, WebSocketState
 from nexios.websockets.consumers import WebSocketConsumer, path_of
 
 if TYPE_CHECKING:

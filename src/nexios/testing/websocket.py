@@ -20,6 +20,7 @@ from anyio.from_thread import BlockingPortal
 from uvicorn.protocols.utils import ClientDisconnected
 
 from nexios.channels.log import Position
+from nexios.server.extensions import CONTROL_EXTENSION, DEFLATE_EXTENSION
 from nexios.testing._asgi import (
     ASGI_VERSION,
     AppConfig,
@@ -29,7 +30,6 @@ from nexios.testing._asgi import (
     split_url,
 )
 from nexios.types import Message, Scope
-from nexios.websockets.base import CONTROL_EXTENSION, DEFLATE_EXTENSION
 from nexios.websockets.errors import WebSocketDisconnect
 
 __all__ = [

@@ -20,6 +20,12 @@ from nexios.exceptions import (
     WebSocketUnsupported,
     WebSocketUnsupportedData,
 )
+from nexios.server.extensions import (
+    CONTROL_EXTENSION,
+    DEFLATE_EXTENSION,
+    HTTP_RESPONSE_EXTENSION,
+    SEND_NOWAIT_EXTENSION,
+)
 from nexios.types import Message, Receive, Scope, Send
 from nexios.websockets.codec import decode_json
 from nexios.websockets.guard import RATE_LIMITED
@@ -38,12 +44,6 @@ __all__ = [
 logger = logging.getLogger("nexios.websockets")
 
 T = TypeVar("T")
-
-CONTROL_EXTENSION = "nexios.websocket.control"
-DEFLATE_EXTENSION = "nexios.websocket.permessage_deflate"
-SEND_NOWAIT_EXTENSION = "nexios.websocket.send_nowait"
-HTTP_RESPONSE_EXTENSION = "websocket.http.response"
-HALF_OPEN_EXTENSION = "nexios.server.half_open"
 
 # Pings and pongs nobody has asked for yet are kept, but only the latest few.
 _CONTROL_BACKLOG = 16

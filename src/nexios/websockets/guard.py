@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from nexios._origins import origin_allowed
 from nexios._tasks import spawn
 from nexios.config import WebSocketConfig
+from nexios.server.extensions import HALF_OPEN_EXTENSION
 
 if TYPE_CHECKING:
     from nexios.websockets.base import WebSocket
@@ -127,8 +128,6 @@ def _half_open(ws: WebSocket) -> int:
     """Connections of this server whose request head is not complete yet: they hold a
     socket as an open connection does (the server's ``nexios.server.half_open`` scope
     extension; 0 on a server without it)."""
-    from nexios.websockets.base import HALF_OPEN_EXTENSION  # base imports this module
-
     extension = (ws.scope.get("extensions") or {}).get(HALF_OPEN_EXTENSION)
     if extension is None:
         return 0

@@ -50,7 +50,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 
 from nexios.config import ServerLimits, limits_of
-from nexios.websockets.base import HALF_OPEN_EXTENSION
+from nexios.server.extensions import HALF_OPEN_EXTENSION
 
 if TYPE_CHECKING:
     from uvicorn.server import ServerState

@@ -40,10 +40,14 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from nexios._frames import BINARY, TEXT, frame_header
-from nexios._http_protocol import http_protocol, refusal
 from nexios.config import ServerLimits, limits_of
-from nexios.websockets.base import CONTROL_EXTENSION, DEFLATE_EXTENSION, SEND_NOWAIT_EXTENSION
+from nexios.server.extensions import (
+    CONTROL_EXTENSION,
+    DEFLATE_EXTENSION,
+    SEND_NOWAIT_EXTENSION,
+)
+from nexios.server.frames import BINARY, TEXT, frame_header
+from nexios.server.http import http_protocol, refusal
 
 if TYPE_CHECKING:
     import socket
@@ -886,7 +890,7 @@ def make_config(
     ``http="httptools"`` and ``loop="uvloop"`` are used when importable (else h11 and
     asyncio), with ``lifespan="on"``; *uvicorn_kwargs* go to ``uvicorn.Config`` as they
     are and may override those three, but not the WebSocket options above. The HTTP
-    protocol is uvicorn's with the request head's limits (``nexios._http_protocol``).
+    protocol is uvicorn's with the request head's limits (``nexios.server.http``).
     """
     for option, ours in _OWN_OPTIONS.items():
         if option in uvicorn_kwargs:
@@ -897,7 +901,7 @@ def make_config(
         "lifespan": "on",
     }
     options.update(uvicorn_kwargs)
-    # The request head's timeout and limits (nexios._http_protocol), for "httptools",
+    # The request head's timeout and limits (nexios.server.http), for "httptools",
     # "h11" and "auto"; an HTTP protocol class of the caller's is used as it is.
     options["http"] = http_protocol(options["http"])
     limits = limits or ServerLimits()
