@@ -24,11 +24,13 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import pytest
 import uvicorn
 
+from _redis import PrivateRedis, require_redis_server
 from _servers import in_ci
 from nexios.application import NexiosApp
 from nexios.config import ServerLimits
@@ -200,3 +202,15 @@ async def redis_url() -> str:
     finally:
         await client.aclose()
     return url
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A redis-server for this test alone, to kill, restart or pause (`_redis`)."""
+    require_redis_server()
+    server = PrivateRedis(tmp_path)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.kill()

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,12 +28,11 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from _servers import AppServer, free_port, in_ci, poll
+from _redis import PrivateRedis, require_redis_server
+from _servers import AppServer, poll
 
 pytestmark = pytest.mark.redis
 
@@ -44,48 +42,6 @@ OUTAGE_DETECTED = 3.0  # both servers report broker_healthy: false this soon aft
 OUTAGE = 2.5  # seconds Redis stays down mid-stream: the reconnection backoff reaches its cap
 RECOVERED = 4.0  # ... and true again this soon after the restart (backoff caps at 2 s)
 STREAM_INTERVAL = 0.02  # seconds between two messages of the numbered stream
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, killed and restarted on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Run redis-server; return once it answers PING."""
-        self.process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            *("--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.2)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DEADLINE
-        try:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except (RedisError, OSError):
-                    if loop.time() > deadline or self.process.returncode is not None:
-                        raise
-                    await asyncio.sleep(0.01)
-        finally:
-            await client.aclose()
-
-    async def kill(self) -> None:
-        """SIGKILL: connections drop at once, nothing is flushed."""
-        if self.process is not None:
-            if self.process.returncode is None:
-                self.process.kill()
-            await self.process.wait()
-        self.process = None
 
 
 class Server(AppServer):
@@ -172,11 +128,7 @@ async def _finish(member: Member) -> None:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     """A private redis-server and two servers A and B sharing it, all stopped afterwards."""
-    if shutil.which("redis-server") is None:
-        reason = "redis-server is not on PATH (apt-get install redis-server)"
-        if in_ci():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    require_redis_server()
     async with contextlib.AsyncExitStack() as stack:
         redis = PrivateRedis(tmp_path)
         stack.push_async_callback(redis.kill)

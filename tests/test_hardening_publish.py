@@ -16,7 +16,6 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +27,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from _servers import AppServer, in_ci, poll
+from _redis import PrivateRedis, require_redis_server
+from _servers import AppServer, poll
 
 APP = "tests.publish_app:app"
 DEADLINE = 10.0  # any wait for something that must happen
@@ -289,7 +289,7 @@ async def stream(server: AppServer, http: httpx.AsyncClient, stop: asyncio.Event
 class Pair:
     """Two servers A and B sharing a private redis-server, a member of ``fan`` on each."""
 
-    redis: Any  # test_cluster.PrivateRedis
+    redis: PrivateRedis
     http: httpx.AsyncClient
     servers: dict[str, AppServer]
     members: dict[str, Member]
@@ -299,13 +299,7 @@ class Pair:
 
 
 async def redis_pair(tmp_path: Path, stack: contextlib.AsyncExitStack) -> Pair:
-    if shutil.which("redis-server") is None:
-        reason = "redis-server is not on PATH (apt-get install redis-server)"
-        if in_ci():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    from test_cluster import PrivateRedis
-
+    require_redis_server()
     redis = PrivateRedis(tmp_path)
     stack.push_async_callback(redis.kill)
     await redis.start()

@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from _redis import PrivateRedis
 from _servers import free_port
 from nexios.channels.brokers.base import BrokerUnavailable
 from nexios.channels.brokers.redis import RedisBroker
@@ -294,67 +292,6 @@ async def test_listen_reconnects_and_resubscribes_after_its_connection_is_killed
     assert "unavailable" in logs[0][1]
     assert "local delivery continues, reconnecting" in logs[0][1]
     assert "reachable again" in logs[1][1]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, on a free port, that the test stops and starts."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Run redis-server; return once it answers PING."""
-        self.process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            *("--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.2)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DEADLINE
-        try:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except (aioredis.RedisError, OSError):
-                    if loop.time() > deadline or self.process.returncode is not None:
-                        raise
-                    await asyncio.sleep(0.01)
-        finally:
-            await client.aclose()
-
-    async def kill(self) -> None:
-        if self.process is not None:
-            if self.process.returncode is None:
-                self.process.kill()
-            await self.process.wait()
-        self.process = None
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-
-@pytest.fixture
-async def private_redis(redis_url: str, tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    """A redis-server for this test alone (needs `redis-server` on PATH)."""
-    if shutil.which("redis-server") is None:
-        reason = "redis-server is not on PATH"
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    server = PrivateRedis(tmp_path)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
 
 
 async def test_redis_restart(

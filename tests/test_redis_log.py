@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from _redis import PrivateRedis
 from _servers import free_port
 from nexios.channels.brokers.base import (
     Announcement,
@@ -35,7 +34,7 @@ from nexios.channels.brokers.base import (
 )
 from nexios.channels.brokers.redis import RedisBroker
 from nexios.channels.log import Bounds, Position
-from test_redis_broker import DEADLINE, Listener, PrivateRedis, wait_until
+from test_redis_broker import DEADLINE, Listener, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -80,22 +79,6 @@ async def make_broker(
     keys = [key async for key in raw.scan_iter(match=f"{prefix}:*")]
     if keys:
         await raw.delete(*keys)
-
-
-@pytest.fixture
-async def private_redis(redis_url: str, tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    """A redis-server for this test alone, to pause (needs `redis-server` on PATH)."""
-    if shutil.which("redis-server") is None:
-        reason = "redis-server is not on PATH"
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    server = PrivateRedis(tmp_path)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
 
 
 async def delete_log(raw: aioredis.Redis, prefix: str, channel: str) -> None:
